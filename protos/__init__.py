@@ -1,0 +1,1 @@
+"""Protocol buffers: KServe v2 inference (package `inference`) and slimserve's own services."""

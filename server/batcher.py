@@ -1,0 +1,202 @@
+"""Per-variant request queue with opportunistic dynamic batching, run on a shared executor.
+
+Runners take the oldest queued request and merge whatever else is already waiting with the same
+inputs and row shape, up to `max_batch_size` rows, into one ONNX Runtime run; nothing waits for a
+batch to fill unless `max_queue_delay_us` is set, so an idle server adds no delay. Results are split
+back by rows. The queue is bounded (RESOURCE_EXHAUSTED past it); a request whose deadline has passed
+or whose caller went away is dropped before it costs any compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+__all__ = ["Batcher", "BatchTiming", "RunFn"]
+
+RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """How one request was served: seconds queued, seconds of the run, rows in that run."""
+
+    queue_seconds: float
+    compute_seconds: float
+    batch_rows: int
+
+
+@dataclass
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    key: tuple
+    deadline: float | None
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _merge_key(inputs: dict[str, np.ndarray]) -> tuple:
+    """Requests merge only if every input has the same name, dtype and non-batch shape."""
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+
+
+class Batcher:
+    """Queue + runners for one variant."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        *,
+        runners: int,
+        max_batch_size: int,
+        max_queue_size: int,
+        max_queue_delay_us: int = 0,
+        batching: bool = True,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self._runner_count = max(1, runners)
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
+        self.max_queue_delay = max_queue_delay_us / 1e6
+        self.batching = batching
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._runner()) for _ in range(self._runner_count)]
+
+    async def close(self) -> None:
+        """Stop taking work, let queued work finish, then stop the runners."""
+        self._closed = True
+        while self._queue:
+            await asyncio.sleep(0.005)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, inputs: dict[str, np.ndarray], deadline: float | None = None
+    ) -> tuple[list[np.ndarray], BatchTiming]:
+        """Queue one request (rows on axis 0 of every input); returns its own rows of every output."""
+        if self._closed:
+            raise Unavailable("the variant is being unloaded; retry")
+        if len(self._queue) >= self.max_queue_size:
+            raise ResourceExhausted(
+                f"the queue of this variant is full ({self.max_queue_size} requests waiting); retry with backoff"
+            )
+        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        pending = _Pending(inputs, rows, _merge_key(inputs), deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    def _take_group(self) -> list[_Pending]:
+        """Pop the oldest live request and every queued request that can share its run."""
+        now = time.monotonic()
+        first: _Pending | None = None
+        while self._queue and first is None:
+            candidate = self._queue.popleft()
+            if candidate.future.done():  # caller cancelled: costs nothing
+                continue
+            if candidate.deadline is not None and now > candidate.deadline:
+                candidate.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
+                continue
+            first = candidate
+        if first is None:
+            return []
+        group, rows = [first], first.rows
+        if self.batching and rows < self.max_batch_size:
+            keep: collections.deque[_Pending] = collections.deque()
+            while self._queue:
+                item = self._queue.popleft()
+                if item.future.done():
+                    continue
+                if item.key == first.key and rows + item.rows <= self.max_batch_size:
+                    if item.deadline is not None and now > item.deadline:
+                        item.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
+                        continue
+                    group.append(item)
+                    rows += item.rows
+                else:
+                    keep.append(item)
+            self._queue = keep
+        return group
+
+    def _execute(self, group: list[_Pending]) -> tuple[list[list[np.ndarray]], float, float]:
+        """Runs in the executor thread: merge, run, split. Returns per-request outputs and timings."""
+        started = time.perf_counter()
+        if len(group) == 1:
+            feeds = group[0].inputs
+        else:
+            feeds = {name: np.concatenate([p.inputs[name] for p in group]) for name in group[0].inputs}
+        outputs = self._run(feeds)
+        finished = time.perf_counter()
+        if len(group) == 1:
+            return [outputs], started, finished
+        total = sum(p.rows for p in group)
+        for out in outputs:
+            if out.ndim == 0 or out.shape[0] != total:
+                raise RuntimeError("an output has no batch axis; this model cannot be batched")
+        split_at = np.cumsum([p.rows for p in group])[:-1]
+        per_output = [np.split(out, split_at) for out in outputs]
+        return [[parts[i] for parts in per_output] for i in range(len(group))], started, finished
+
+    async def _runner(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_queue_delay and self.batching and len(self._queue) == 1:
+                # Configured delay: give concurrent requests a moment to join the batch.
+                await asyncio.sleep(self.max_queue_delay)
+            group = self._take_group()
+            if not group:
+                continue
+            if self._queue:
+                self._wakeup.set()  # other runners may take what did not fit
+            try:
+                results, started, finished = await loop.run_in_executor(self._executor, self._execute, group)
+            except RuntimeError as exc:
+                if len(group) > 1 and "no batch axis" in str(exc):
+                    self.batching = False
+                    self._queue.extendleft(reversed(group))  # retry them one by one, in order
+                    self._wakeup.set()
+                    continue
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            except Exception as exc:  # ORT errors go back to each caller, the runner lives on
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            rows = sum(p.rows for p in group)
+            compute = finished - started
+            if self._on_batch is not None:
+                self._on_batch(rows, compute)
+            for p, result in zip(group, results):
+                if not p.future.done():
+                    p.future.set_result((result, BatchTiming(started - p.enqueued, compute, rows)))

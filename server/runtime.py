@@ -1,0 +1,92 @@
+"""ONNX Runtime sessions: one per variant, threads set so variants do not oversubscribe the CPU."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+
+from server.errors import RepositoryError
+
+__all__ = ["Session", "SessionStats", "ORT_TO_NUMPY"]
+
+log = logging.getLogger(__name__)
+
+# ONNX Runtime's type strings to numpy dtypes, for the types a served model may use.
+ORT_TO_NUMPY: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """What loading cost: resident memory added by the session (measured, after a warm-up run)."""
+
+    memory_bytes: int
+    load_seconds: float
+
+
+class Session:
+    """A loaded ONNX model; `run` is blocking and thread-safe (ONNX Runtime allows concurrent Run)."""
+
+    def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
+        self.path = path
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Workers already run sessions in parallel; spinning threads would steal their cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        process = psutil.Process()
+        gc.collect()
+        before = process.memory_info().rss
+        started = time.perf_counter()
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean "unusable file"
+            raise RepositoryError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from None
+        self.input_dtypes: dict[str, np.dtype] = {}
+        for i in self._session.get_inputs():
+            if i.type not in ORT_TO_NUMPY:
+                raise RepositoryError(f"{path}: input {i.name!r} has type {i.type}, which slimserve cannot serve")
+            self.input_dtypes[i.name] = ORT_TO_NUMPY[i.type]
+        self.input_shapes = {i.name: i.shape for i in self._session.get_inputs()}
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self._warm_up()
+        load_seconds = time.perf_counter() - started
+        after = process.memory_info().rss
+        self.stats = SessionStats(memory_bytes=max(0, after - before), load_seconds=load_seconds)
+
+    def _warm_up(self) -> None:
+        """One run at batch 1 so first-request latency and the memory figure include ORT's lazy setup."""
+        feeds = {}
+        for name, dtype in self.input_dtypes.items():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in self.input_shapes[name]]
+            feeds[name] = np.zeros(shape, dtype=dtype)
+        try:
+            self._session.run(None, feeds)
+        except Exception as exc:  # a model that cannot run on zeros is still servable; log, don't refuse
+            log.warning("warm-up of %s failed: %s", self.path, str(exc).splitlines()[0])
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Run the model; `outputs` = None returns every output in the model's order."""
+        return self._session.run(outputs, dict(feeds))

@@ -1,0 +1,117 @@
+"""Server settings: one typed class; every field is a `--flag` and a `SLIMSERVE_*` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["Settings", "parse_settings", "SettingsError"]
+
+ENV_PREFIX = "SLIMSERVE_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used (bad environment variable or flag)."""
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `python -m server` can be told; defaults follow Triton where users know them."""
+
+    model_repository: Path = field(
+        default=Path("model_repository"), metadata={"help": "root folder of the model repository"}
+    )
+    host: str = field(default="0.0.0.0", metadata={"help": "address to listen on (gRPC and metrics)"})
+    grpc_port: int = field(default=8001, metadata={"help": "gRPC port (0 = pick a free port)"})
+    metrics_port: int = field(default=8002, metadata={"help": "Prometheus /metrics port (0 = free port, -1 = off)"})
+    workers: int = field(
+        default_factory=_cores,
+        metadata={"help": "threads that run ONNX Runtime sessions (default: the usable cores)"},
+    )
+    intra_op_threads: int = field(
+        default=1,
+        metadata={"help": "ONNX Runtime intra-op threads per session; workers x this should not exceed the cores"},
+    )
+    max_batch_size: int = field(default=64, metadata={"help": "largest batch a request (or a merged batch) may have"})
+    max_queue_size: int = field(
+        default=256, metadata={"help": "requests waiting per variant before RESOURCE_EXHAUSTED is returned"}
+    )
+    max_elements: int = field(
+        default=16 * 1024 * 1024, metadata={"help": "largest element count of one input tensor"}
+    )
+    max_message_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"help": "largest gRPC message, received or sent"}
+    )
+    verify_sha256: bool = field(default=True, metadata={"help": "check each model file's sha256 against the manifest"})
+    shutdown_grace_seconds: float = field(
+        default=10.0, metadata={"help": "on SIGTERM, how long in-flight requests may take to finish"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+
+def _convert(raw: str, kind: Any, name: str) -> Any:
+    try:
+        if kind is bool or kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults < environment (`SLIMSERVE_GRPC_PORT=...`) < command-line flags (`--grpc-port ...`)."""
+    environ = dict(os.environ if environ is None else environ)
+    defaults: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        env_name = ENV_PREFIX + f.name.upper()
+        if env_name in environ:
+            defaults[f.name] = _convert(environ[env_name], f.type, env_name)
+    base = Settings(**defaults)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Serve a slimserve model repository: KServe v2 gRPC, health, reflection, Prometheus metrics.",
+    )
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (env {ENV_PREFIX}{f.name.upper()}, default %(default)s)"
+        current = getattr(base, f.name)
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, default=current, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "Path": Path, "str": str}.get(str(f.type), str)
+            parser.add_argument(flag, default=current, type=kind, help=help_text)
+    args = parser.parse_args(argv)
+    settings = Settings(**vars(args))
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.workers < 1:
+        raise SettingsError("--workers must be at least 1")
+    if s.intra_op_threads < 0:
+        raise SettingsError("--intra-op-threads must be 0 (ONNX Runtime decides) or more")
+    if s.max_batch_size < 1 or s.max_queue_size < 1 or s.max_elements < 1:
+        raise SettingsError("--max-batch-size, --max-queue-size and --max-elements must be at least 1")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"--log-level {s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")

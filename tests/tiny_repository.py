@@ -1,0 +1,70 @@
+"""Writes a small, real model repository (ONNX files built with onnx.helper) for fast server tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FEATURES, CLASSES = 8, 3
+
+
+def linear_model(weight: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
+    """logits = input @ weight + bias, with a dynamic batch axis."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["mm"]), helper.make_node("Add", ["mm", "B"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None = None) -> Path:
+    """Two variants of a linear classifier: `teacher` and a perturbed `small` one; returns the model folder."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(FEATURES, CLASSES)).astype(np.float32)
+    bias = rng.normal(size=(CLASSES,)).astype(np.float32)
+    folder = root / name
+    variants = {}
+    for vname, w, latency, accuracy in (
+        ("teacher", weight, 0.2, 0.95),
+        ("small", weight + 0.05 * rng.normal(size=weight.shape).astype(np.float32), 0.1, 0.945),
+    ):
+        path = folder / vname / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(linear_model(w, bias), path)
+        data = path.read_bytes()
+        variants[vname] = {
+            "kind": vname,
+            "parent": None if vname == "teacher" else "teacher",
+            "recipe": {"name": "test", "params": {}},
+            "file": f"{vname}/model.onnx",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "parameters": int(w.size + bias.size),
+            "macs": int(w.size),
+            "quality": {"accuracy": accuracy, "agreement": 1.0 if vname == "teacher" else 0.97},
+            "latency": {"threads": 1, "batch_1": {"p50_ms": latency, "p95_ms": latency * 2, "runs": 10}},
+        }
+    manifest = {
+        "schema_version": 1,
+        "name": name,
+        "task": "classification",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, FEATURES]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, CLASSES]}],
+        "primary_metric": "accuracy",
+        "default_variant": "teacher",
+        "routing": routing or {"policy": "fixed", "variant": "teacher"},
+        "variants": variants,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
