@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -93,11 +94,15 @@ class SlimServer:
             await self.health.set(name, status)
 
     async def stop(self) -> None:
-        """Health goes NOT_SERVING, new calls are refused, in-flight calls get the grace period, then exit."""
+        """Health goes NOT_SERVING, new calls get UNAVAILABLE, in-flight calls finish (within the grace)."""
         self.state.ready = False
+        self.state.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        while self.state.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.shutdown_grace_seconds)
+            await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         await self.registry.close()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
@@ -132,7 +137,12 @@ async def _serve(settings: Settings) -> int:
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_seconds)
     await server.stop()
-    print("slimserve: stopped", flush=True)
+    state = server.state
+    print(
+        f"slimserve: stopped; inference requests accepted {state.accepted}, completed {state.completed}, "
+        f"failed {state.failed}, still in flight {state.in_flight}",
+        flush=True,
+    )
     return 0
 
 

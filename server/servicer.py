@@ -15,7 +15,7 @@ from protos import inference_pb2_grpc as pb_grpc
 from server import __version__
 from server.codec import decode_request, encode_response
 from server.dataplane import DataPlane
-from server.errors import InvalidInput, NotFound, SlimserveError
+from server.errors import InvalidInput, NotFound, SlimserveError, Unavailable
 from server.registry import LoadedModel
 
 __all__ = ["InferenceServicer", "ServerState"]
@@ -35,10 +35,15 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
 class ServerState:
-    """Readiness shared by the servicer, health service and shutdown."""
+    """Readiness and in-flight accounting shared by the servicer, health service and shutdown."""
 
     def __init__(self) -> None:
         self.ready = False
+        self.draining = False
+        self.in_flight = 0
+        self.accepted = 0
+        self.completed = 0
+        self.failed = 0
 
 
 def _grpc_errors(method: Handler) -> Handler:
@@ -168,11 +173,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # ---- inference ----
     @_grpc_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        decoded = decode_request(request, self.max_elements, deadline)
-        response = await self.dataplane.infer(decoded)
-        return encode_response(response)
+        state = self.state
+        if state.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        state.accepted += 1
+        state.in_flight += 1
+        try:
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            decoded = decode_request(request, self.max_elements, deadline)
+            response = encode_response(await self.dataplane.infer(decoded))
+        except BaseException:
+            state.failed += 1
+            raise
+        finally:
+            state.in_flight -= 1
+        state.completed += 1
+        return response
 
     # ---- repository ----
     @_grpc_errors

@@ -28,8 +28,31 @@ def linear_model(weight: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
     return model
 
 
-def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None = None) -> Path:
-    """Two variants of a linear classifier: `teacher` and a perturbed `small` one; returns the model folder."""
+def mlp_model(hidden: int, seed: int) -> onnx.ModelProto:
+    """A two-layer MLP (input -> hidden ReLU -> logits): slow enough per row that requests queue up."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(size=(FEATURES, hidden)) / np.sqrt(FEATURES)).astype(np.float32)
+    w2 = (rng.normal(size=(hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    w3 = (rng.normal(size=(hidden, CLASSES)) / np.sqrt(hidden)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W1"], ["h1"]), helper.make_node("Relu", ["h1"], ["a1"]),
+         helper.make_node("MatMul", ["a1", "W2"], ["h2"]), helper.make_node("Relu", ["h2"], ["a2"]),
+         helper.make_node("MatMul", ["a2", "W3"], ["logits"])],
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializer=[numpy_helper.from_array(w, n) for w, n in ((w1, "W1"), (w2, "W2"), (w3, "W3"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None = None, hidden: int = 0) -> Path:
+    """Two variants of a classifier, `teacher` and a perturbed `small`; linear unless `hidden` > 0.
+
+    Returns the model folder.
+    """
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(FEATURES, CLASSES)).astype(np.float32)
     bias = rng.normal(size=(CLASSES,)).astype(np.float32)
@@ -41,7 +64,7 @@ def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None =
     ):
         path = folder / vname / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(linear_model(w, bias), path)
+        onnx.save(mlp_model(hidden, seed=len(vname)) if hidden else linear_model(w, bias), path)
         data = path.read_bytes()
         variants[vname] = {
             "kind": vname,

@@ -1,0 +1,105 @@
+"""Dynamic batching merges queued requests, splits results back exactly, and enforces queue limits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.batcher import Batcher
+from server.errors import DeadlineExceeded, ResourceExhausted
+from server.runtime import Session
+from tiny_repository import FEATURES, write_tiny_repository
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    folder = write_tiny_repository(tmp_path_factory.mktemp("batcher"))
+    return Session(folder / "teacher" / "model.onnx")
+
+
+def test_concurrent_requests_merge_and_split_exactly(session: Session) -> None:
+    gate = threading.Event()
+    batches: list[int] = []
+
+    def run(feeds: dict) -> list:
+        gate.wait(5)  # hold the first run so the others queue up behind it
+        return session.run(feeds)
+
+    async def scenario() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, runners=1, max_batch_size=64, max_queue_size=64,
+                              on_batch=lambda rows, _: batches.append(rows))
+            batcher.start()
+            rng = np.random.default_rng(0)
+            inputs = [rng.normal(size=(n, FEATURES)).astype(np.float32) for n in (1, 3, 2, 1, 4)]
+            tasks = [asyncio.create_task(batcher.submit({"input": inputs[0]}))]
+            await asyncio.sleep(0.02)  # the runner has taken the first request and is blocked on the gate
+            tasks += [asyncio.create_task(batcher.submit({"input": x})) for x in inputs[1:]]
+            await asyncio.sleep(0.02)
+            gate.set()
+            results = await asyncio.gather(*tasks)
+            await batcher.close()
+            return list(zip(inputs, results))
+
+    for x, (outputs, timing) in asyncio.run(scenario()):
+        np.testing.assert_array_equal(outputs[0], session.run({"input": x})[0])
+        assert outputs[0].shape == (x.shape[0], 3)
+    assert batches[0] == 1 and batches[1] == 10, batches  # first ran alone, the four queued ones merged
+
+
+def test_full_queue_is_refused_at_once(session: Session) -> None:
+    gate = threading.Event()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(lambda f: (gate.wait(5), session.run(f))[1], pool, runners=1,
+                              max_batch_size=1, max_queue_size=2)
+            batcher.start()
+            x = {"input": np.zeros((1, FEATURES), np.float32)}
+            running = asyncio.create_task(batcher.submit(x))
+            await asyncio.sleep(0.02)  # taken by the runner, queue empty again
+            queued = [asyncio.create_task(batcher.submit(x)) for _ in range(2)]
+            await asyncio.sleep(0.02)
+            started = time.perf_counter()
+            with pytest.raises(ResourceExhausted, match="queue of this variant is full"):
+                await batcher.submit(x)
+            assert time.perf_counter() - started < 0.01
+            gate.set()
+            await asyncio.gather(running, *queued)
+            await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_expired_deadline_is_dropped_without_compute(session: Session) -> None:
+    gate = threading.Event()
+    runs: list[int] = []
+
+    def run(feeds: dict) -> list:
+        gate.wait(5)
+        runs.append(1)
+        return session.run(feeds)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, runners=1, max_batch_size=8, max_queue_size=8, batching=False)
+            batcher.start()
+            x = {"input": np.zeros((1, FEATURES), np.float32)}
+            first = asyncio.create_task(batcher.submit(x))
+            await asyncio.sleep(0.02)
+            late = asyncio.create_task(batcher.submit(x, deadline=time.monotonic() + 0.01))
+            await asyncio.sleep(0.05)
+            gate.set()
+            await first
+            with pytest.raises(DeadlineExceeded):
+                await late
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert len(runs) == 1

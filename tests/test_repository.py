@@ -1,0 +1,65 @@
+"""The repository reader refuses what it must: wrong sha256, paths that escape, broken manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from server.errors import NotFound, RepositoryError
+from server.repository import Repository
+from tiny_repository import write_tiny_repository
+
+
+def test_valid_manifest_loads(tmp_path: Path) -> None:
+    write_tiny_repository(tmp_path)
+    spec = Repository(tmp_path).load_spec("tiny")
+    assert set(spec.variants) == {"teacher", "small"}
+    assert spec.inputs[0].shape == (-1, 8)
+    Repository.verify(spec.variants["small"], "tiny")
+
+
+def test_changed_file_fails_sha256(tmp_path: Path) -> None:
+    folder = write_tiny_repository(tmp_path)
+    with (folder / "small" / "model.onnx").open("ab") as fh:
+        fh.write(b"\0")
+    spec = Repository(tmp_path).load_spec("tiny")
+    with pytest.raises(RepositoryError, match="sha256 .* the manifest says .* rebuild it"):
+        Repository.verify(spec.variants["small"], "tiny")
+
+
+@pytest.mark.parametrize("file", ["../../etc/passwd", "/etc/passwd"])
+def test_paths_outside_the_model_folder_are_refused(tmp_path: Path, file: str) -> None:
+    folder = write_tiny_repository(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["variants"]["small"]["file"] = file
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RepositoryError, match="leaves the model folder"):
+        Repository(tmp_path).load_spec("tiny")
+
+
+def test_symlink_escape_is_refused(tmp_path: Path) -> None:
+    folder = write_tiny_repository(tmp_path / "repo")
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes((folder / "small" / "model.onnx").read_bytes())
+    (folder / "small" / "model.onnx").unlink()
+    (folder / "small" / "model.onnx").symlink_to(outside)
+    with pytest.raises(RepositoryError, match="leaves the model folder"):
+        Repository(tmp_path / "repo").load_spec("tiny")
+
+
+def test_unknown_schema_and_missing_model(tmp_path: Path) -> None:
+    folder = write_tiny_repository(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RepositoryError, match="schema_version 99 is not supported"):
+        Repository(tmp_path).load_spec("tiny")
+    with pytest.raises(NotFound, match="no model 'nope'"):
+        Repository(tmp_path).load_spec("nope")
+
+
+def test_missing_repository_says_how_to_build_one(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="python -m compression.build"):
+        Repository(tmp_path / "absent").model_names()
