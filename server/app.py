@@ -23,6 +23,7 @@ from server.errors import SlimserveError
 from server.metrics import Metrics
 from server.registry import Registry
 from server.repository import Repository
+from server.security import AuthInterceptor, server_credentials
 from server.servicer import InferenceServicer, ServerState
 from server.settings import Settings, SettingsError, parse_settings
 
@@ -57,7 +58,11 @@ class SlimServer:
         self.repository.model_names()  # fails early, with the fix, when the repository is missing
         await self.registry.load_all()
         limit = self.settings.max_message_bytes
+        interceptors = []
+        if self.settings.auth_token or self.settings.admin_token:
+            interceptors.append(AuthInterceptor(self.settings.auth_token, self.settings.admin_token))
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -72,7 +77,9 @@ class SlimServer:
             [INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        credentials = server_credentials(self.settings)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         if port == 0:
             raise SlimserveError(f"cannot listen on {self.settings.host}:{self.settings.grpc_port} (port in use?)")
         await server.start()
@@ -125,6 +132,11 @@ async def _serve(settings: Settings) -> int:
     print(f"slimserve: serving {models or 'no models'} from {settings.model_repository}", flush=True)
     metrics = f"http://{shown_host}:{endpoints.metrics_port}/metrics" if endpoints.metrics_port else "off"
     print(f"slimserve: gRPC on {shown_host}:{endpoints.grpc_port}, metrics {metrics}", flush=True)
+    if settings.tls_cert:
+        mode = "mutual TLS (client certificates required)" if settings.tls_client_ca else "TLS"
+        print(f"slimserve: gRPC uses {mode}", flush=True)
+    if settings.auth_token or settings.admin_token:
+        print("slimserve: bearer tokens required (health, liveness/readiness and metrics stay open)", flush=True)
     print(
         f"slimserve: try `python -m clients infer --url {shown_host}:{endpoints.grpc_port} --model <name>` "
         f"or `python -m clients compare --url {shown_host}:{endpoints.grpc_port} --model <name>`",

@@ -160,7 +160,8 @@ class Registry:
             runners=self.settings.workers,
             max_batch_size=self.settings.max_batch_size,
             max_queue_size=self.settings.max_queue_size,
-            batching=batchable,
+            max_queue_delay_us=self.settings.max_queue_delay_us,
+            batching=batchable and self.settings.batching,
             on_batch=on_batch,
         )
         batcher.start()

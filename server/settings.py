@@ -41,6 +41,13 @@ class Settings:
         metadata={"help": "ONNX Runtime intra-op threads per session; workers x this should not exceed the cores"},
     )
     max_batch_size: int = field(default=64, metadata={"help": "largest batch a request (or a merged batch) may have"})
+    batching: bool = field(
+        default=True, metadata={"help": "merge queued requests of a variant into one run (dynamic batching)"}
+    )
+    max_queue_delay_us: int = field(
+        default=0,
+        metadata={"help": "how long a lone request may wait for others to batch with (0 = never wait)"},
+    )
     max_queue_size: int = field(
         default=256, metadata={"help": "requests waiting per variant before RESOURCE_EXHAUSTED is returned"}
     )
@@ -49,6 +56,21 @@ class Settings:
     )
     max_message_bytes: int = field(
         default=64 * 1024 * 1024, metadata={"help": "largest gRPC message, received or sent"}
+    )
+    tls_cert: Path | None = field(default=None, metadata={"help": "PEM certificate chain: serve gRPC over TLS"})
+    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: Path | None = field(
+        default=None, metadata={"help": "PEM CA bundle: require client certificates signed by it (mutual TLS)"}
+    )
+    auth_token: str | None = field(
+        default=None,
+        metadata={"help": "bearer token required on inference calls (metadata 'authorization: Bearer ...')"},
+    )
+    admin_token: str | None = field(
+        default=None, metadata={"help": "bearer token required on repository and compression calls"}
+    )
+    poll_seconds: float = field(
+        default=0.0, metadata={"help": "re-read the repository this often and swap in changed models (0 = off)"}
     )
     verify_sha256: bool = field(default=True, metadata={"help": "check each model file's sha256 against the manifest"})
     shutdown_grace_seconds: float = field(
@@ -70,7 +92,7 @@ def _convert(raw: str, kind: Any, name: str) -> Any:
             return int(raw)
         if kind in (float, "float"):
             return float(raw)
-        if kind in (Path, "Path"):
+        if kind in (Path, "Path", "Path | None"):
             return Path(raw)
         return raw
     except ValueError:
@@ -84,7 +106,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
     for f in dataclasses.fields(Settings):
         env_name = ENV_PREFIX + f.name.upper()
         if env_name in environ:
-            defaults[f.name] = _convert(environ[env_name], f.type, env_name)
+            defaults[f.name] = _convert(environ[env_name], f.type, env_name) if environ[env_name] != "" else None
     base = Settings(**defaults)
 
     parser = argparse.ArgumentParser(
@@ -98,7 +120,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
         if f.type in (bool, "bool"):
             parser.add_argument(flag, default=current, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            kind = {"int": int, "float": float, "Path": Path, "str": str}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "Path": Path, "Path | None": Path}.get(str(f.type), str)
             parser.add_argument(flag, default=current, type=kind, help=help_text)
     args = parser.parse_args(argv)
     settings = Settings(**vars(args))
@@ -113,5 +135,15 @@ def _validate(s: Settings) -> None:
         raise SettingsError("--intra-op-threads must be 0 (ONNX Runtime decides) or more")
     if s.max_batch_size < 1 or s.max_queue_size < 1 or s.max_elements < 1:
         raise SettingsError("--max-batch-size, --max-queue-size and --max-elements must be at least 1")
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise SettingsError("--tls-cert and --tls-key go together; give both or neither")
+    if s.tls_client_ca is not None and s.tls_cert is None:
+        raise SettingsError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(s, name)
+        if path is not None and not Path(path).is_file():
+            raise SettingsError(f"--{name.replace('_', '-')} {path}: no such file")
+    if s.max_queue_delay_us < 0 or s.poll_seconds < 0:
+        raise SettingsError("--max-queue-delay-us and --poll-seconds must be 0 or more")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"--log-level {s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
