@@ -17,9 +17,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from protos import inference_pb2, inference_pb2_grpc
+from protos import compression_pb2, compression_pb2_grpc, inference_pb2, inference_pb2_grpc
+from server.admin import CompressionServicer
 from server.dataplane import DataPlane
 from server.errors import SlimserveError
+from server.jobs import JobManager
 from server.metrics import Metrics
 from server.registry import Registry
 from server.repository import Repository
@@ -32,6 +34,7 @@ __all__ = ["SlimServer", "main"]
 log = logging.getLogger("slimserve")
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+COMPRESSION_SERVICE = compression_pb2.DESCRIPTOR.services_by_name["CompressionService"].full_name
 
 
 @dataclass
@@ -53,6 +56,7 @@ class SlimServer:
         self.health = health_aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._metrics_httpd = None
+        self._poller: asyncio.Task | None = None
 
     async def start(self) -> Endpoints:
         self.repository.model_names()  # fails early, with the fix, when the repository is missing
@@ -72,9 +76,12 @@ class SlimServer:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(DataPlane(self.registry), self.state), server
         )
+        compression_pb2_grpc.add_CompressionServiceServicer_to_server(
+            CompressionServicer(self.registry, JobManager(self.registry)), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [INFERENCE_SERVICE, COMPRESSION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
         address = f"{self.settings.host}:{self.settings.grpc_port}"
@@ -92,7 +99,15 @@ class SlimServer:
             metrics_port = self._metrics_httpd.server_port
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.state.ready = True
+        if self.settings.poll_seconds > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
         return Endpoints(port, metrics_port)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            await self.registry.poll()
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
@@ -104,6 +119,8 @@ class SlimServer:
         """Health goes NOT_SERVING, new calls get UNAVAILABLE, in-flight calls finish (within the grace)."""
         self.state.ready = False
         self.state.draining = True
+        if self._poller is not None:
+            self._poller.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         while self.state.in_flight and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from server.errors import InvalidInput, SlimserveError
 from server.messages import InferenceRequest, InferenceResponse, Output
 from server.registry import LoadedModel, LoadedVariant, Registry
 from server.repository import ModelSpec
+from server.shadow import agreement
 
 __all__ = ["DataPlane"]
 
@@ -78,8 +80,18 @@ class DataPlane:
         self._record_success(variant, elapsed, timing.queue_seconds, timing.compute_seconds, feeds)
         names = variant.session.output_names
         by_name = dict(zip(names, arrays))
+        if model.router.wants_shadow(variant_name):
+            self.registry.shadow.spawn(self._shadow(model, variant_name, feeds, arrays[0]))
         outputs = [Output(name, self._datatype(model, name), by_name[name]) for name in wanted]
         return InferenceResponse(model=model.spec.name, variant=variant_name, outputs=outputs, id=request.id)
+
+    async def _shadow(self, model: LoadedModel, variant: str, feeds: dict[str, np.ndarray], output: np.ndarray) -> None:
+        """Run the same input on the teacher once the reply is on its way, and record agreement."""
+        await asyncio.sleep(0)  # let the handler return and the reply be written first
+        teacher = model.variant("teacher")
+        arrays, _ = await teacher.batcher.submit(feeds)
+        total, rows = agreement(model.spec.task, output, arrays[0])
+        self.registry.shadow.record(model.spec.name, variant, total, rows)
 
     @staticmethod
     def _requested_outputs(model: LoadedModel, requested: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from server.repository import ModelSpec, Repository, VariantSpec
 from server.router import Router, parse_policy
 from server.runtime import Session
 from server.settings import Settings
+from server.shadow import ShadowTracker
 
 __all__ = ["Registry", "LoadedModel", "LoadedVariant", "VariantStats"]
 
@@ -83,7 +84,8 @@ class Registry:
         self.models: dict[str, LoadedModel] = {}
         self.states: dict[str, tuple[str, str]] = {}  # model -> (state, reason) for RepositoryIndex
         self._lock = asyncio.Lock()
-        metrics.add_gauges(self.facts)
+        self.shadow = ShadowTracker()
+        metrics.add_gauges(self.facts, self.shadow.values)
 
     def get(self, name: str) -> LoadedModel:
         model = self.models.get(name)
@@ -113,30 +115,76 @@ class Registry:
         return Session(variant.path, self.settings.intra_op_threads)
 
     async def load(self, name: str) -> LoadedModel:
-        """(Re)load a model; the old version keeps serving until the new one is ready, then is swapped out."""
+        """(Re)load a model. New or changed variants are loaded beside the serving ones and swapped in
+        together; unchanged ones (same file and sha256) keep their session, so no request fails."""
         async with self._lock:
-            self.states[name] = ("LOADING", "")
+            old = self.models.get(name)
+            if old is None:
+                self.states[name] = ("LOADING", "")
             loop = asyncio.get_running_loop()
+            reused: dict[str, LoadedVariant] = {}
             try:
                 spec = self.repository.load_spec(name)
                 router = Router(spec, parse_policy(spec.routing, spec))
-                # Load one variant at a time: sessions would otherwise compete for the same cores.
                 sessions = {}
                 for vname, vspec in spec.variants.items():
+                    previous = old.variants.get(vname) if old else None
+                    if previous and previous.spec.path == vspec.path and previous.spec.sha256 == vspec.sha256:
+                        reused[vname] = previous
+                        continue
+                    # One variant at a time: sessions would otherwise compete for the same cores.
                     started = time.perf_counter()
                     sessions[vname] = await loop.run_in_executor(None, self._load_variant, spec, vspec)
                     log.info("loaded %s/%s in %.2fs (%d bytes resident)", name, vname,
                              time.perf_counter() - started, sessions[vname].stats.memory_bytes)
             except SlimserveError as exc:
-                self.states[name] = ("UNAVAILABLE", exc.message)
+                if old is None:
+                    self.states[name] = ("UNAVAILABLE", exc.message)
+                else:
+                    log.error("reload of %s failed, the loaded version keeps serving: %s", name, exc.message)
                 raise
-            variants = {vname: self._start_variant(spec, vspec, sessions[vname]) for vname, vspec in spec.variants.items()}
-            old = self.models.get(name)
+            variants: dict[str, LoadedVariant] = {}
+            for vname, vspec in spec.variants.items():
+                if vname in reused:
+                    reused[vname].spec = vspec
+                    variants[vname] = reused[vname]
+                else:
+                    variants[vname] = self._start_variant(spec, vspec, sessions[vname])
             self.models[name] = LoadedModel(spec, variants, router)
             self.states[name] = ("READY", "")
         if old is not None:
-            await asyncio.gather(*(v.batcher.close() for v in old.variants.values()))
+            retired = [v for vname, v in old.variants.items() if variants.get(vname) is not v]
+            await asyncio.gather(*(v.batcher.close() for v in retired))
         return self.models[name]
+
+    def signature(self, name: str) -> tuple:
+        """What on disk decides whether a model must be reloaded: its variant files and their sha256."""
+        spec = self.repository.load_spec(name)
+        return tuple(sorted((v.name, str(v.path), v.sha256) for v in spec.variants.values()))
+
+    async def poll(self) -> None:
+        """One pass of the repository poll: load new or changed models, unload removed ones."""
+        try:
+            names = set(self.repository.model_names())
+        except SlimserveError as exc:
+            log.error("repository poll: %s", exc.message)
+            return
+        for name in sorted(names):
+            model = self.models.get(name)
+            try:
+                if model is None:
+                    if self.states.get(name, ("",))[0] != "UNAVAILABLE" or self.states[name][1] != "unloaded":
+                        await self.load(name)
+                    continue
+                current = tuple(sorted((v.spec.name, str(v.spec.path), v.spec.sha256) for v in model.variants.values()))
+                if self.signature(name) != current:
+                    log.info("repository poll: %s changed on disk, reloading", name)
+                    await self.load(name)
+            except SlimserveError as exc:
+                log.error("repository poll: %s: %s", name, exc.message)
+        for name in set(self.models) - names:
+            log.info("repository poll: %s was removed from disk, unloading", name)
+            await self.unload(name)
 
     def _start_variant(self, spec: ModelSpec, vspec: VariantSpec, session: Session) -> LoadedVariant:
         metrics = self.metrics.variant(spec.name, vspec.name)

@@ -18,7 +18,7 @@ from server.dataplane import DataPlane
 from server.errors import InvalidInput, NotFound, SlimserveError, Unavailable
 from server.registry import LoadedModel
 
-__all__ = ["InferenceServicer", "ServerState"]
+__all__ = ["InferenceServicer", "ServerState", "grpc_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ServerState:
         self.failed = 0
 
 
-def _grpc_errors(method: Handler) -> Handler:
+def grpc_errors(method: Handler) -> Handler:
     """Translate slimserve errors to status codes; anything else is INTERNAL without internals leaking."""
 
     @functools.wraps(method)
@@ -101,7 +101,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model.variant(version)
         return model
 
-    @_grpc_errors
+    @grpc_errors
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = self._model(request.name, request.version)
         spec = model.spec
@@ -116,7 +116,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             reply.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
         return reply
 
-    @_grpc_errors
+    @grpc_errors
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = self._model(request.name, request.version)
         spec = model.spec
@@ -143,7 +143,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config.metric_tags["variant"] = variant
         return pb.ModelConfigResponse(config=config)
 
-    @_grpc_errors
+    @grpc_errors
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if request.name:
             models = [self._model(request.name, request.version)]
@@ -171,7 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return reply
 
     # ---- inference ----
-    @_grpc_errors
+    @grpc_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         state = self.state
         if state.draining:
@@ -192,7 +192,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     # ---- repository ----
-    @_grpc_errors
+    @grpc_errors
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         reply = pb.RepositoryIndexResponse()
         names = set(self.registry.states)
@@ -210,14 +210,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 reply.models.add(name=name, version="", state=state, reason=reason)
         return reply
 
-    @_grpc_errors
+    @grpc_errors
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not request.model_name:
             raise InvalidInput("model_name is empty; name the model folder to load")
         await self.registry.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    @_grpc_errors
+    @grpc_errors
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not request.model_name:
             raise InvalidInput("model_name is empty; name the model to unload")
