@@ -1,0 +1,135 @@
+"""Runs on-the-fly variant jobs: a child process makes the file, then it is added atomically and loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.errors import InvalidInput, NotFound, SlimserveError
+from server.manifest_io import update_manifest
+from server.onthefly import RECIPES
+from server.registry import Registry
+
+__all__ = ["Job", "JobManager"]
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    variant: str
+    recipe: str
+    parent: str
+    params: dict[str, str]
+    state: str = "PENDING"  # PENDING, RUNNING, SUCCEEDED, FAILED
+    step: str = "queued"
+    message: str = ""
+    result: dict[str, Any] | None = None
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def update(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self, key, value)
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class JobManager:
+    """One job at a time (the machine's cores also serve traffic); failures leave the repository as it was."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.jobs: dict[str, Job] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    def create(self, model: str, name: str, recipe: str, parent: str, params: dict[str, str]) -> Job:
+        loaded = self.registry.get(model)
+        parent = parent or "teacher"
+        if not NAME.match(name or ""):
+            raise InvalidInput(f"name {name!r}: use 1-64 letters, digits, '_', '+', '.', '-' (not starting with a symbol)")
+        if name in loaded.spec.variants or (loaded.spec.folder / name).exists():
+            raise InvalidInput(f"model '{model}' already has a variant or folder '{name}'; pick another name")
+        if parent not in loaded.spec.variants:
+            raise NotFound(f"model '{model}' has no variant '{parent}' to compress; choose from {sorted(loaded.spec.variants)}")
+        if recipe not in RECIPES:
+            raise InvalidInput(f"recipe {recipe!r}: on the fly the server can make {', '.join(RECIPES)} (no training)")
+        if any(j.model == model and j.variant == name and j.state in ("PENDING", "RUNNING") for j in self.jobs.values()):
+            raise InvalidInput(f"a job for '{model}/{name}' is already running")
+        job = Job(uuid.uuid4().hex[:12], model, name, recipe, parent, dict(params))
+        self.jobs[job.id] = job
+        task = asyncio.get_running_loop().create_task(self._run(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no job '{job_id}'") from None
+
+    async def _run(self, job: Job) -> None:
+        async with self._lock:
+            folder = self.registry.get(job.model).spec.folder
+            staging = folder / f".{job.variant}.partial-{job.id}"
+            job.update(state="RUNNING", step="starting")
+            try:
+                entry = await self._make(job, folder, staging)
+                job.update(step="adding to the repository")
+                final = folder / job.variant
+                if final.exists():
+                    raise InvalidInput(f"'{final.name}' appeared in the model folder meanwhile; nothing was changed")
+                staging.rename(final)
+                try:
+                    update_manifest(folder, lambda m: m["variants"].__setitem__(job.variant, entry))
+                except BaseException:
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise
+                job.update(step="loading")
+                await self.registry.load(job.model)
+                job.update(state="SUCCEEDED", step="done", result=entry, finished=time.time())
+                log.info("job %s: %s/%s is servable", job.id, job.model, job.variant)
+            except SlimserveError as exc:
+                job.update(state="FAILED", message=exc.message, finished=time.time())
+            except Exception as exc:  # anything else: report, never crash the server
+                log.exception("job %s failed", job.id)
+                job.update(state="FAILED", message=f"{type(exc).__name__}: {exc}", finished=time.time())
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    async def _make(self, job: Job, folder: Any, staging: Any) -> dict[str, Any]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server.onthefly", "--model-folder", str(folder), "--parent", job.parent,
+            "--name", job.variant, "--recipe", job.recipe, "--params", json.dumps(job.params), "--out", str(staging),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        result: dict[str, Any] | None = None
+        error = ""
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith("step: "):
+                job.update(step=line[6:])
+            elif line.startswith("result: "):
+                result = json.loads(line[8:])
+            elif line.startswith("error: "):
+                error = line[7:]
+        code = await process.wait()
+        if code != 0 or result is None:
+            raise InvalidInput(error or f"the quantization process exited with status {code}")
+        return result
