@@ -89,5 +89,10 @@ def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None =
         "routing": routing or {"policy": "fixed", "variant": "teacher"},
         "variants": variants,
     }
+    # Held-out and calibration sets, as compression.build writes them; labels = the linear teacher's answer.
+    x = rng.normal(size=(256, FEATURES)).astype(np.float32)
+    np.savez(folder / "heldout.npz", x=x[:128], y=(x[:128] @ weight + bias).argmax(axis=1))
+    np.savez(folder / "calibration.npz", x=x[128:])
+    manifest["data"] = {"heldout_file": "heldout.npz", "calibration_file": "calibration.npz"}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
