@@ -70,7 +70,10 @@ class DataPlane:
         variant_name = model.router.choose(request.variant, request.parameters)
         variant = model.variant(variant_name)
         try:
-            feeds = _validate_inputs(model.spec, request.inputs, self.max_batch_size)
+            inputs = request.inputs
+            if model.text is not None and model.text.config.text_input in inputs:
+                inputs = self._tokenize(model, inputs)
+            feeds = _validate_inputs(model.spec, inputs, self.max_batch_size)
             wanted = self._requested_outputs(model, request.outputs)
             arrays, timing = await variant.batcher.submit(feeds, request.deadline)
         except BaseException as exc:
@@ -92,6 +95,17 @@ class DataPlane:
         arrays, _ = await teacher.batcher.submit(feeds)
         total, rows = agreement(model.spec.task, output, arrays[0])
         self.registry.shadow.record(model.spec.name, variant, total, rows)
+
+    @staticmethod
+    def _tokenize(model: LoadedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert model.text is not None
+        name = model.text.config.text_input
+        if len(inputs) != 1:
+            raise InvalidInput(f"model '{model.spec.name}': send either '{name}' alone or the token inputs, not both")
+        texts = inputs[name]
+        if texts.dtype != np.object_:
+            raise InvalidInput(f"input '{name}': datatype must be BYTES (UTF-8 strings)")
+        return model.text.encode(texts)
 
     @staticmethod
     def _requested_outputs(model: LoadedModel, requested: list[str]) -> list[str]:

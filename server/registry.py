@@ -19,6 +19,7 @@ from server.router import Router, parse_policy
 from server.runtime import Session
 from server.settings import Settings
 from server.shadow import ShadowTracker
+from server.text import TextEncoder
 
 __all__ = ["Registry", "LoadedModel", "LoadedVariant", "VariantStats"]
 
@@ -63,6 +64,7 @@ class LoadedModel:
     spec: ModelSpec
     variants: dict[str, LoadedVariant]
     router: Router
+    text: TextEncoder | None = None
 
     def variant(self, name: str) -> LoadedVariant:
         try:
@@ -126,6 +128,9 @@ class Registry:
             try:
                 spec = self.repository.load_spec(name)
                 router = Router(spec, parse_policy(spec.routing, spec))
+                text = None
+                if spec.tokenizer is not None:
+                    text = TextEncoder.from_manifest(spec.folder, spec.tokenizer, [t.name for t in spec.inputs])
                 sessions = {}
                 for vname, vspec in spec.variants.items():
                     previous = old.variants.get(vname) if old else None
@@ -150,7 +155,7 @@ class Registry:
                     variants[vname] = reused[vname]
                 else:
                     variants[vname] = self._start_variant(spec, vspec, sessions[vname])
-            self.models[name] = LoadedModel(spec, variants, router)
+            self.models[name] = LoadedModel(spec, variants, router, text)
             self.states[name] = ("READY", "")
         if old is not None:
             retired = [v for vname, v in old.variants.items() if variants.get(vname) is not v]

@@ -56,6 +56,7 @@ class ModelSpec:
     primary_metric: str
     variants: dict[str, VariantSpec]
     labels: tuple[str, ...] = ()
+    tokenizer: dict[str, Any] | None = None  # text models: {"file", "max_length", "text_input"}
     manifest: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -160,6 +161,7 @@ class Repository:
             primary_metric=str(manifest.get("primary_metric", "accuracy")),
             variants=variants,
             labels=tuple(manifest.get("labels") or ()),
+            tokenizer=dict(manifest["tokenizer"]) if isinstance(manifest.get("tokenizer"), dict) else None,
             manifest=manifest,
         )
 

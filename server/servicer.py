@@ -112,6 +112,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         for t in spec.inputs:
             reply.inputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+        if model.text is not None:  # the alternative input: strings, tokenized by the server
+            reply.inputs.add(name=model.text.config.text_input, datatype="BYTES", shape=[-1])
         for t in spec.outputs:
             reply.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
         return reply

@@ -1,0 +1,72 @@
+"""Server-side tokenization: a BYTES `text` input becomes the model's token-id inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from server.errors import InvalidInput, RepositoryError
+
+__all__ = ["TextEncoder", "TextConfig"]
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The manifest's `tokenizer` entry."""
+
+    path: Path
+    max_length: int
+    text_input: str = "text"
+
+
+class TextEncoder:
+    """Tokenizes a batch of strings: pads to the longest row, truncates at the model's maximum length."""
+
+    def __init__(self, config: TextConfig, token_inputs: list[str]) -> None:
+        try:
+            tokenizer = Tokenizer.from_file(str(config.path))
+        except Exception as exc:  # the tokenizers library raises its own Exception type
+            raise RepositoryError(f"{config.path}: cannot read the tokenizer: {exc}") from None
+        tokenizer.enable_truncation(max_length=config.max_length)
+        pad_id = tokenizer.token_to_id("[PAD]")
+        tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        self._tokenizer = tokenizer
+        self.config = config
+        self.token_inputs = token_inputs
+
+    @staticmethod
+    def from_manifest(folder: Path, entry: Mapping[str, Any], token_inputs: list[str]) -> "TextEncoder":
+        file = str(entry.get("file", "tokenizer.json"))
+        path = (folder / file).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            raise RepositoryError(f"tokenizer file {file!r} leaves the model folder; refusing to load it")
+        return TextEncoder(TextConfig(path, int(entry.get("max_length", 256)), str(entry.get("text_input", "text"))),
+                           token_inputs)
+
+    def encode(self, texts: np.ndarray) -> dict[str, np.ndarray]:
+        """BYTES array of shape [n] or [n, 1] -> {input_ids, attention_mask, token_type_ids} as int64 [n, seq]."""
+        name = self.config.text_input
+        if texts.ndim == 2 and texts.shape[1] == 1:
+            texts = texts[:, 0]
+        if texts.ndim != 1:
+            raise InvalidInput(f"input '{name}': send shape [batch] or [batch, 1] (one string per row), got {list(texts.shape)}")
+        strings = []
+        for i, item in enumerate(texts):
+            try:
+                strings.append(item.decode("utf-8") if isinstance(item, (bytes, bytearray)) else str(item))
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input '{name}': row {i} is not valid UTF-8 text") from None
+        encodings = self._tokenizer.encode_batch(strings)
+        columns = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        missing = [n for n in self.token_inputs if n not in columns]
+        if missing:
+            raise RepositoryError(f"the model's inputs {missing} cannot be made from text")
+        return {n: columns[n] for n in self.token_inputs}
