@@ -50,14 +50,14 @@ def _merge_key(inputs: dict[str, np.ndarray]) -> tuple:
 
 
 class Batcher:
-    """Queue + runners for one variant."""
+    """Queue + dispatch for one variant; at most `concurrency` runs of it at once."""
 
     def __init__(
         self,
         run: RunFn,
         executor: Executor,
         *,
-        runners: int,
+        concurrency: int,
         max_batch_size: int,
         max_queue_size: int,
         max_queue_delay_us: int = 0,
@@ -66,29 +66,25 @@ class Batcher:
     ) -> None:
         self._run = run
         self._executor = executor
-        self._runner_count = max(1, runners)
+        self._concurrency = max(1, concurrency)
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
         self.max_queue_delay = max_queue_delay_us / 1e6
         self.batching = batching
         self._on_batch = on_batch
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._busy = 0
+        self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._runner()) for _ in range(self._runner_count)]
+        """Nothing to start: work is dispatched as it arrives (kept for symmetry with close)."""
 
     async def close(self) -> None:
-        """Stop taking work, let queued work finish, then stop the runners."""
+        """Stop taking work and let what is queued or running finish."""
         self._closed = True
-        while self._queue:
+        while self._queue or self._busy:
             await asyncio.sleep(0.005)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def depth(self) -> int:
@@ -97,18 +93,40 @@ class Batcher:
     async def submit(
         self, inputs: dict[str, np.ndarray], deadline: float | None = None
     ) -> tuple[list[np.ndarray], BatchTiming]:
-        """Queue one request (rows on axis 0 of every input); returns its own rows of every output."""
+        """Run one request (rows on axis 0 of every input); returns its own rows of every output."""
         if self._closed:
             raise Unavailable("the variant is being unloaded; retry")
+        rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        if not self._queue and self._busy < self._concurrency and not self.max_queue_delay:
+            # Fast path: a free slot and nobody waiting, so run now; no queue, no extra task switch.
+            self._busy += 1
+            enqueued = time.perf_counter()
+            try:
+                results, started, finished = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._execute, [_Pending(inputs, rows, (), None, None)]  # type: ignore[arg-type]
+                )
+            finally:
+                self._busy -= 1
+                self._dispatch()
+            if self._on_batch is not None:
+                self._on_batch(rows, finished - started)
+            return results[0], BatchTiming(started - enqueued, finished - started, rows)
         if len(self._queue) >= self.max_queue_size:
             raise ResourceExhausted(
                 f"the queue of this variant is full ({self.max_queue_size} requests waiting); retry with backoff"
             )
-        rows = next(iter(inputs.values())).shape[0] if inputs else 1
         pending = _Pending(inputs, rows, _merge_key(inputs), deadline, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
-        self._wakeup.set()
+        self._dispatch()
         return await pending.future
+
+    def _dispatch(self) -> None:
+        """Start a run for queued work while there are free slots."""
+        while self._queue and self._busy < self._concurrency:
+            self._busy += 1
+            task = asyncio.get_running_loop().create_task(self._run_queued())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _take_group(self) -> list[_Pending]:
         """Pop the oldest live request and every queued request that can share its run."""
@@ -156,47 +174,44 @@ class Batcher:
         total = sum(p.rows for p in group)
         for out in outputs:
             if out.ndim == 0 or out.shape[0] != total:
-                raise RuntimeError("an output has no batch axis; this model cannot be batched")
+                raise _NotBatchable()
         split_at = np.cumsum([p.rows for p in group])[:-1]
         per_output = [np.split(out, split_at) for out in outputs]
         return [[parts[i] for parts in per_output] for i in range(len(group))], started, finished
 
-    async def _runner(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+    async def _run_queued(self) -> None:
+        try:
             if self.max_queue_delay and self.batching and len(self._queue) == 1:
                 # Configured delay: give concurrent requests a moment to join the batch.
                 await asyncio.sleep(self.max_queue_delay)
             group = self._take_group()
-            if not group:
-                continue
-            if self._queue:
-                self._wakeup.set()  # other runners may take what did not fit
-            try:
-                results, started, finished = await loop.run_in_executor(self._executor, self._execute, group)
-            except RuntimeError as exc:
-                if len(group) > 1 and "no batch axis" in str(exc):
-                    self.batching = False
-                    self._queue.extendleft(reversed(group))  # retry them one by one, in order
-                    self._wakeup.set()
-                    continue
-                for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            except Exception as exc:  # ORT errors go back to each caller, the runner lives on
-                for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            rows = sum(p.rows for p in group)
-            compute = finished - started
-            if self._on_batch is not None:
-                self._on_batch(rows, compute)
-            for p, result in zip(group, results):
+            if group:
+                await self._run_group(group)
+        finally:
+            self._busy -= 1
+            self._dispatch()
+
+    async def _run_group(self, group: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results, started, finished = await loop.run_in_executor(self._executor, self._execute, group)
+        except _NotBatchable:
+            self.batching = False  # an output without a batch axis: serve this variant one request at a time
+            self._queue.extendleft(reversed(group))
+            return
+        except Exception as exc:  # ORT errors go back to each caller; the variant keeps serving
+            for p in group:
                 if not p.future.done():
-                    p.future.set_result((result, BatchTiming(started - p.enqueued, compute, rows)))
+                    p.future.set_exception(exc)
+            return
+        rows = sum(p.rows for p in group)
+        compute = finished - started
+        if self._on_batch is not None:
+            self._on_batch(rows, compute)
+        for p, result in zip(group, results):
+            if not p.future.done():
+                p.future.set_result((result, BatchTiming(started - p.enqueued, compute, rows)))
+
+
+class _NotBatchable(Exception):
+    """An output's first axis is not the batch: merged requests cannot be split back."""

@@ -66,9 +66,15 @@ class DataPlane:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         started = time.perf_counter()
-        model = self.registry.get(request.model)
-        variant_name = model.router.choose(request.variant, request.parameters)
-        variant = model.variant(variant_name)
+        try:
+            model = self.registry.get(request.model)
+            variant_name = model.router.choose(request.variant, request.parameters)
+            variant = model.variant(variant_name)
+        except SlimserveError as exc:
+            # Label unknown names with a fixed placeholder: callers must not be able to grow the label set.
+            known = request.model in self.registry.models
+            self.registry.metrics.count(request.model if known else "_unknown", "_unknown", exc.code.name)
+            raise
         try:
             inputs = request.inputs
             if model.text is not None and model.text.config.text_input in inputs:

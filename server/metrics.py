@@ -127,6 +127,10 @@ class Metrics:
             child = self._children[key] = VariantMetrics(self, model, variant)
         return child
 
+    def count(self, model: str, variant: str, code: str) -> None:
+        """Count a request that never reached a variant (unknown model or variant)."""
+        self.requests_total.labels(model, variant, code).inc()
+
     def add_gauges(
         self,
         facts: Callable[[], Iterable[VariantFacts]],

@@ -16,7 +16,7 @@ from server.errors import NotFound, SlimserveError, Unavailable
 from server.metrics import Metrics, VariantFacts, VariantMetrics
 from server.repository import ModelSpec, Repository, VariantSpec
 from server.router import Router, parse_policy
-from server.runtime import Session
+from server.runtime import Session, prime_onnxruntime
 from server.settings import Settings
 from server.shadow import ShadowTracker
 from server.text import TextEncoder
@@ -88,6 +88,7 @@ class Registry:
         self._lock = asyncio.Lock()
         self.shadow = ShadowTracker()
         metrics.add_gauges(self.facts, self.shadow.values)
+        prime_onnxruntime()
 
     def get(self, name: str) -> LoadedModel:
         model = self.models.get(name)
@@ -210,7 +211,7 @@ class Registry:
         batcher = Batcher(
             run,
             self.executor,
-            runners=self.settings.workers,
+            concurrency=self.settings.workers,
             max_batch_size=self.settings.max_batch_size,
             max_queue_size=self.settings.max_queue_size,
             max_queue_delay_us=self.settings.max_queue_delay_us,

@@ -33,7 +33,7 @@ def test_concurrent_requests_merge_and_split_exactly(session: Session) -> None:
 
     async def scenario() -> list:
         with ThreadPoolExecutor(1) as pool:
-            batcher = Batcher(run, pool, runners=1, max_batch_size=64, max_queue_size=64,
+            batcher = Batcher(run, pool, concurrency=1, max_batch_size=64, max_queue_size=64,
                               on_batch=lambda rows, _: batches.append(rows))
             batcher.start()
             rng = np.random.default_rng(0)
@@ -58,7 +58,7 @@ def test_full_queue_is_refused_at_once(session: Session) -> None:
 
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
-            batcher = Batcher(lambda f: (gate.wait(5), session.run(f))[1], pool, runners=1,
+            batcher = Batcher(lambda f: (gate.wait(5), session.run(f))[1], pool, concurrency=1,
                               max_batch_size=1, max_queue_size=2)
             batcher.start()
             x = {"input": np.zeros((1, FEATURES), np.float32)}
@@ -88,7 +88,7 @@ def test_expired_deadline_is_dropped_without_compute(session: Session) -> None:
 
     async def scenario() -> None:
         with ThreadPoolExecutor(1) as pool:
-            batcher = Batcher(run, pool, runners=1, max_batch_size=8, max_queue_size=8, batching=False)
+            batcher = Batcher(run, pool, concurrency=1, max_batch_size=8, max_queue_size=8, batching=False)
             batcher.start()
             x = {"input": np.zeros((1, FEATURES), np.float32)}
             first = asyncio.create_task(batcher.submit(x))

@@ -125,8 +125,8 @@ def test_metrics_show_every_variant(tiny_server: ServerProcess) -> None:
 
 def test_concurrent_load_is_batched_with_identical_results(tmp_path: Path) -> None:
     """Many concurrent callers: every answer equals its own unbatched answer, and runs merged rows."""
-    write_tiny_repository(tmp_path, hidden=1024)  # ~1 ms a row, so concurrent requests queue up
-    server = start_server(tmp_path)
+    write_tiny_repository(tmp_path, hidden=2048)  # a few ms a run, so concurrent requests queue up
+    server = start_server(tmp_path, "--workers", "1")
     try:
         _check_batching(server)
     finally:

@@ -1,0 +1,139 @@
+"""`python -m clients`: the infer, compare and load commands; failures are one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence, TextIO
+
+from clients.client import Client
+from clients.compare import run_compare
+from clients.errors import ClientError
+from clients.infer import run_infer
+from clients.load import format_load, run_load
+from clients.metrics import default_metrics_url
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_URL = "127.0.0.1:8001"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
+    return value
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=DEFAULT_URL, help="gRPC address HOST:PORT (default %(default)s)")
+    common.add_argument("--metrics-url", default=None,
+                        help="Prometheus endpoint (default http://<host of --url>:8002/metrics)")
+    common.add_argument("--timeout", type=_positive_float, default=30.0,
+                        help="seconds each call may take (default %(default)s)")
+    common.add_argument("--model", required=True, help="model name in the server's repository")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clients",
+        description="Talk to a slimserve server over KServe v2 gRPC. A variant is a model version.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common()
+
+    infer = commands.add_parser("infer", parents=[common], help="send one input, print the outputs",
+                                description="Send one input and print the outputs and the variant that served it.")
+    infer.add_argument("--variant", default="", help="variant to run (default: the model's routing policy)")
+    source = infer.add_mutually_exclusive_group()
+    source.add_argument("--input", type=Path, metavar="FILE.npy", help="send the array in this .npy file")
+    source.add_argument("--npz", type=Path, metavar="FILE.npz", help="send one row of this .npz's x")
+    source.add_argument("--random", action="store_true", help="send random data shaped from the metadata (default)")
+    infer.add_argument("--row", type=int, default=0, help="row of the .npz to send (default %(default)s)")
+    infer.add_argument("--seed", type=int, default=None, help="seed for --random")
+    infer.set_defaults(run=_infer)
+
+    compare = commands.add_parser(
+        "compare", parents=[common], help="every variant on the same held-out data, side by side",
+        description="Run held-out inputs through every variant and print quality, latency and memory per variant.",
+    )
+    compare.add_argument("--data", type=Path, default=None, metavar="FILE.npz",
+                         help="x (and optional labels y); default ./model_repository/<model>/heldout.npz")
+    compare.add_argument("--samples", type=_positive_int, default=None, help="use the first N rows (default all)")
+    compare.add_argument("--batch", type=_positive_int, default=1, help="rows per request (default %(default)s)")
+    compare.set_defaults(run=_compare)
+
+    load = commands.add_parser("load", parents=[common], help="load test: throughput, errors, latency",
+                               description="Send random requests from concurrent workers until --duration "
+                                           "or --requests is reached, whichever comes first.")
+    load.add_argument("--variant", default="", help="variant to load (default: the model's routing policy)")
+    load.add_argument("--concurrency", type=_positive_int, default=4, help="concurrent workers (default %(default)s)")
+    load.add_argument("--duration", type=_positive_float, default=10.0, help="seconds at most (default %(default)s)")
+    load.add_argument("--requests", type=_positive_int, default=10_000, help="requests at most (default %(default)s)")
+    load.add_argument("--batch", type=_positive_int, default=1, help="rows per request (default %(default)s)")
+    load.set_defaults(run=_load)
+    return parser
+
+
+def _metrics_url(args: argparse.Namespace) -> str:
+    return args.metrics_url or default_metrics_url(args.url)
+
+
+def _infer(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return run_infer(client, args.model, args.variant, out, npy=args.input, npz=args.npz,
+                     row=args.row if args.npz else None, seed=args.seed)
+
+
+def _compare(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return run_compare(client, args.model, args.data, args.samples, args.batch, _metrics_url(args), out)
+
+
+def _load(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    report = run_load(client, args.model, args.variant, args.concurrency, args.duration, args.requests,
+                      args.batch, timeout=args.timeout)
+    print(format_load(report), file=out)
+    if report.requests and report.ok == 0:
+        code, message = sorted(report.first_error.items())[0] if report.first_error else ("?", "")
+        raise ClientError(f"all {report.requests} requests failed; first {code}: {message}")
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Parse, run, and map every failure to exit status 1 with one line on stderr (2 for bad usage)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    args = build_parser().parse_args(argv)
+    run: Callable[[Client, argparse.Namespace, TextIO], int] = args.run
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
+            client.check_live()
+            return run(client, args, out)
+    except ClientError as exc:
+        print(f"error: {_one_line(str(exc))}", file=err)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=err)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug of ours: still one line, with enough to report it
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))}", file=err)
+    return 1
