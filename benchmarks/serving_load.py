@@ -1,0 +1,214 @@
+"""Throughput and latency under concurrent load, with and without dynamic batching, beside ONNX Runtime alone.
+
+    python benchmarks/serving_load.py --repository model_repository --model digits --variant int8
+    python benchmarks/serving_load.py --model minilm --variant int8 --tokens 16
+
+For each server mode (batching on / off) a fresh `python -m server` (loopback, free ports, `--workers W
+--intra-op-threads 1`) is driven by one asyncio client process (tritonclient.grpc.aio) at concurrency
+1, 4 and 16, each level bounded by `--seconds` and `--requests`. Printed per level: requests/s, p50 and
+p99 latency in ms, errors, mean rows per ONNX Runtime run (from ModelStatistics) and the client's own CPU
+seconds per request (client and server share this machine's cores). In-process figures use the same
+file and thread settings: W threads each running batch 1, and W threads each running batch 16.
+Text models take `--tokens N` (a sentence of about N tokens, sent as BYTES `text`, tokenized by the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from server_process import start_server  # noqa: E402
+
+WORDS = ("the quick brown fox jumps over the lazy dog while a small bird sings in the old oak tree near the "
+         "river and children play happily in the warm afternoon sun").split()
+
+
+def sentence(tokens: int) -> str:
+    """About `tokens` word-piece tokens ([CLS] and [SEP] included) of plain English."""
+    words = (WORDS * (tokens // len(WORDS) + 1))[: max(1, tokens - 2)]
+    return " ".join(words)
+
+
+def inprocess_feeds(folder: Path, manifest: dict[str, Any], rows: int, tokens: int) -> dict[str, np.ndarray]:
+    if manifest.get("tokenizer"):
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(folder / manifest["tokenizer"]["file"]))
+        tok.enable_truncation(max_length=int(manifest["tokenizer"].get("max_length", 256)))
+        tok.enable_padding()
+        enc = tok.encode_batch([sentence(tokens)] * rows)
+        names = [t["name"] for t in manifest["inputs"]]
+        cols = {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
+                "token_type_ids": [e.type_ids for e in enc]}
+        return {n: np.array(cols[n], dtype=np.int64) for n in names}
+    data = np.load(folder / manifest.get("data", {}).get("heldout_file", "heldout.npz"))
+    return {manifest["inputs"][0]["name"]: np.ascontiguousarray(data["x"][:rows])}
+
+
+def inprocess_throughput(path: Path, feeds: dict[str, np.ndarray], threads: int, seconds: float) -> float:
+    """Rows per second with `threads` threads each running the session on `feeds` (1 intra-op thread)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        session.run(None, feeds)
+    rows = next(iter(feeds.values())).shape[0]
+    counts = [0] * threads
+    deadline = time.perf_counter() + seconds
+
+    def work(i: int) -> None:
+        while time.perf_counter() < deadline:
+            session.run(None, feeds)
+            counts[i] += rows
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def inprocess_latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 300) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(10):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+async def drive(url: str, model: str, variant: str, make_inputs, concurrency: int, seconds: float,
+                limit: int) -> dict[str, Any]:
+    import tritonclient.grpc.aio as aio
+
+    client = aio.InferenceServerClient(url)
+    for _ in range(20):
+        await client.infer(model, make_inputs(), model_version=variant)
+    before = await client.get_inference_statistics(model, variant, as_json=True)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    issued = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal issued
+        inputs = make_inputs()
+        while time.perf_counter() < deadline and issued < limit:
+            issued += 1
+            t = time.perf_counter()
+            try:
+                await client.infer(model, inputs, model_version=variant)
+                latencies.append(time.perf_counter() - t)
+            except Exception as exc:  # counted and printed; a benchmark must finish
+                key = type(exc).__name__
+                errors[key] = errors.get(key, 0) + 1
+
+    cpu = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    after = await client.get_inference_statistics(model, variant, as_json=True)
+    await client.close()
+    b, a = before["model_stats"][0], after["model_stats"][0]
+    runs = int(a.get("execution_count", 0)) - int(b.get("execution_count", 0))
+    rows = int(a.get("inference_count", 0)) - int(b.get("inference_count", 0))
+    lat = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
+    return {"concurrency": concurrency, "requests": len(latencies), "rps": len(latencies) / elapsed,
+            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "errors": errors,
+            "rows_per_run": rows / runs if runs else float("nan"),
+            "client_cpu_ms": cpu / max(1, len(latencies)) * 1e3}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--model", default="digits")
+    parser.add_argument("--variant", default="teacher")
+    parser.add_argument("--tokens", type=int, default=16, help="text models: tokens per sentence")
+    parser.add_argument("--levels", default="1,4,16", help="concurrency levels")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time bound per level")
+    parser.add_argument("--requests", type=int, default=20000, help="request bound per level")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+
+    folder = args.repository / args.model
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        print(f"no {manifest_path}; build it first: python -m compression.build", file=sys.stderr)
+        return 1
+    manifest = json.loads(manifest_path.read_text())
+    if args.variant not in manifest["variants"]:
+        print(f"--variant {args.variant!r}: choose from {sorted(manifest['variants'])}", file=sys.stderr)
+        return 2
+    path = folder / manifest["variants"][args.variant]["file"]
+    text = bool(manifest.get("tokenizer"))
+
+    import tritonclient.grpc.aio as aio
+
+    def make_inputs() -> list:
+        if text:
+            tensor = aio.InferInput("text", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([sentence(args.tokens).encode()], dtype=np.object_))
+            return [tensor]
+        feeds = inprocess_feeds(folder, manifest, 1, args.tokens)
+        out = []
+        for name, array in feeds.items():
+            tensor = aio.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
+            tensor.set_data_from_numpy(array)
+            out.append(tensor)
+        return out
+
+    one = inprocess_feeds(folder, manifest, 1, args.tokens)
+    sixteen = inprocess_feeds(folder, manifest, 16, args.tokens)
+    seq = next(iter(one.values())).shape[-1] if text else None
+    print(f"# {args.model}/{args.variant}: {path.name} ({path.stat().st_size} bytes)"
+          + (f", {seq} tokens" if seq else ""))
+    print(f"# threads: server --workers {args.workers} --intra-op-threads 1; in-process {args.workers} threads x 1 "
+          f"intra-op thread; client: 1 asyncio process (tritonclient.grpc.aio) on the same {os.cpu_count()} cores")
+    p50 = inprocess_latency(path, one)
+    tput1 = inprocess_throughput(path, one, args.workers, 4.0)
+    tput16 = inprocess_throughput(path, sixteen, args.workers, 4.0)
+    print(f"in-process: batch 1 p50 {p50:.3f} ms; {tput1:.0f} rows/s at batch 1; {tput16:.0f} rows/s at batch 16")
+    levels = [int(x) for x in args.levels.split(",")]
+    print("| batching | concurrency | req/s | p50 ms | p99 ms | rows/run | errors | client CPU ms/req | vs in-process batch 16 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batching in ("--batching", "--no-batching"):
+        server = start_server(args.repository, batching, "--workers", str(args.workers), "--intra-op-threads", "1",
+                              "--log-level", "WARNING")
+        try:
+            for level in levels:
+                r = asyncio.run(drive(server.url, args.model, args.variant, make_inputs, level, args.seconds,
+                                      args.requests))
+                print(f"| {'on' if batching == '--batching' else 'off'} | {level} | {r['rps']:.0f} | {r['p50']:.3f} | "
+                      f"{r['p99']:.3f} | {r['rows_per_run']:.2f} | {sum(r['errors'].values())} | "
+                      f"{r['client_cpu_ms']:.3f} | {r['rps'] / tput16:.0%} |", flush=True)
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
