@@ -26,3 +26,17 @@ def tiny_server(tiny_repo: Path) -> Iterator[ServerProcess]:
     server = start_server(tiny_repo)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real default build (`python -m compression.build`), once per test session."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("digits_repo")
+    done = subprocess.run(
+        [sys.executable, "-m", "compression.build", "--out", str(root)],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
