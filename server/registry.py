@@ -112,9 +112,9 @@ class Registry:
 
     def _load_variant(self, model: ModelSpec, variant: VariantSpec) -> Session:
         """Blocking (runs in a thread): verify the file, then open an ONNX Runtime session."""
-        self.repository.check_external_data(variant)
         if self.settings.verify_sha256:
             Repository.verify(variant, model.name)
+        self.repository.check_external_data(variant)
         return Session(variant.path, self.settings.intra_op_threads)
 
     async def load(self, name: str) -> LoadedModel:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,12 +177,35 @@ class Repository:
             )
 
     def check_external_data(self, variant: VariantSpec) -> None:
-        """ONNX external-data files must live inside the variant's own folder (no symlink escapes)."""
-        folder = variant.path.parent
-        for entry in folder.iterdir():
-            if entry.is_symlink() and not entry.resolve().is_relative_to(folder.resolve()):
-                raise RepositoryError(f"{entry}: symlink leaves the variant folder; refusing to load")
-        if os.path.islink(variant.path):
-            target = variant.path.resolve()
-            if not target.is_relative_to(folder.resolve()):
-                raise RepositoryError(f"{variant.path}: symlink leaves the variant folder; refusing to load")
+        """ONNX external-data files must live inside the variant's own folder (no `..`, no symlink escapes).
+
+        Reads only the graph structure (`load_external_data=False`), so nothing outside is ever opened.
+        """
+        import onnx
+
+        folder = variant.path.parent.resolve()
+        try:
+            model = onnx.load(str(variant.path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends: the file is not an ONNX model
+            raise RepositoryError(f"{variant.path}: not a readable ONNX file: {str(exc).splitlines()[0]}") from None
+        for tensor in _all_tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (folder / location).resolve()
+            if not location or not target.is_relative_to(folder):
+                raise RepositoryError(
+                    f"{variant.path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the "
+                    f"variant's folder; refusing to load it"
+                )
+
+
+def _all_tensors(graph: Any) -> Any:
+    """Initializers of a graph and of its subgraphs (If/Loop bodies), which may also hold external data."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.g is not None and attribute.g.ByteSize():
+                yield from _all_tensors(attribute.g)
+            for sub in attribute.graphs:
+                yield from _all_tensors(sub)

@@ -63,3 +63,25 @@ def test_unknown_schema_and_missing_model(tmp_path: Path) -> None:
 def test_missing_repository_says_how_to_build_one(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="python -m compression.build"):
         Repository(tmp_path / "absent").model_names()
+
+
+def test_external_data_outside_the_variant_folder_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    folder = write_tiny_repository(tmp_path)
+    path = folder / "small" / "model.onnx"
+    model = onnx.load(str(path))
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(model, str(path))
+    spec = Repository(tmp_path).load_spec("tiny")
+    Repository(tmp_path).check_external_data(spec.variants["small"])  # inside: fine
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../../outside.bin"
+    onnx.save(model, str(path))
+    with pytest.raises(RepositoryError, match="outside the variant's folder"):
+        Repository(tmp_path).check_external_data(spec.variants["small"])

@@ -235,3 +235,46 @@ def test_bad_flag_exits_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "server", "--workers", "0"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "--workers" in done.stderr
+
+
+def test_queue_limit_and_deadline_through_a_real_server(tmp_path: Path) -> None:
+    """A full queue answers RESOURCE_EXHAUSTED at once; a request past its deadline gets DEADLINE_EXCEEDED."""
+    write_tiny_repository(tmp_path, hidden=2048)
+    server = start_server(tmp_path, "--workers", "1", "--max-queue-size", "2", "--no-batching")
+    try:
+        codes: list[str] = []
+        lock = threading.Lock()
+        x = np.ones((64, FEATURES), np.float32)
+
+        def call(timeout: float | None) -> None:
+            client = triton.InferenceServerClient(server.url)
+            try:
+                client.infer("tiny", [_input(x)], client_timeout=timeout)
+                code = "OK"
+            except InferenceServerException as exc:
+                code = exc.status()
+            with lock:
+                codes.append(code)
+
+        threads = [threading.Thread(target=call, args=(30,)) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert "StatusCode.RESOURCE_EXHAUSTED" in codes and "OK" in codes, codes
+        assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
+
+        # Keep the one slot busy, then send a request whose deadline passes while it waits in the queue.
+        busy = [threading.Thread(target=call, args=(30,)) for _ in range(2)]
+        for t in busy:
+            t.start()
+        time.sleep(0.05)
+        codes.clear()
+        call(0.005)
+        assert codes == ["StatusCode.DEADLINE_EXCEEDED"], codes
+        for t in busy:
+            t.join(60)
+        text = server.metrics()
+        assert 'code="RESOURCE_EXHAUSTED"' in text
+    finally:
+        server.stop()
