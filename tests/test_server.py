@@ -278,3 +278,35 @@ def test_queue_limit_and_deadline_through_a_real_server(tmp_path: Path) -> None:
         assert 'code="RESOURCE_EXHAUSTED"' in text
     finally:
         server.stop()
+
+
+def test_cancelled_request_costs_no_compute(tmp_path: Path) -> None:
+    """A caller that gives up while its request is queued: the request is dropped, never run."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    write_tiny_repository(tmp_path, hidden=2048)
+    server = start_server(tmp_path, "--workers", "1", "--no-batching", "--max-batch-size", "2048")
+    try:
+        channel = grpc.insecure_channel(server.url)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        def request(rows: int) -> service_pb2.ModelInferRequest:
+            message = service_pb2.ModelInferRequest(model_name="tiny", model_version="small")
+            message.inputs.add(name="input", datatype="FP32", shape=[rows, FEATURES])
+            message.raw_input_contents.append(np.ones((rows, FEATURES), np.float32).tobytes())
+            return message
+
+        busy = [stub.ModelInfer.future(request(2048), timeout=30) for _ in range(3)]  # ~0.1 s of compute each
+        time.sleep(0.05)
+        cancelled = stub.ModelInfer.future(request(5), timeout=30)  # 5 rows: recognisable in the counts
+        time.sleep(0.01)
+        assert cancelled.cancel()
+        for future in busy:
+            future.result()
+        time.sleep(0.2)
+        stats = triton.InferenceServerClient(server.url).get_inference_statistics("tiny", "small", as_json=True)
+        entry = stats["model_stats"][0]
+        assert int(entry["inference_count"]) == 3 * 2048, entry  # the 5 cancelled rows never ran
+        channel.close()
+    finally:
+        server.stop()
