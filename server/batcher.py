@@ -44,9 +44,25 @@ class _Pending:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def _merge_key(inputs: dict[str, np.ndarray]) -> tuple:
-    """Requests merge only if every input has the same name, dtype and non-batch shape."""
-    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+def _merge_key(inputs: dict[str, np.ndarray], padded: frozenset[str]) -> tuple:
+    """Requests merge only if every input has the same name, dtype and non-batch shape; for inputs
+    that may be padded (token ids and masks) the sequence axis is left out of the key."""
+    return tuple(
+        sorted((name, a.dtype.str, a.shape[2:] if name in padded else a.shape[1:]) for name, a in inputs.items())
+    )
+
+
+def _pad_concat(arrays: list[np.ndarray], value: int) -> np.ndarray:
+    """Stack rows of different sequence lengths, padding axis 1 on the right with `value`."""
+    longest = max(a.shape[1] for a in arrays)
+    if all(a.shape[1] == longest for a in arrays):
+        return np.concatenate(arrays)
+    out = np.full((sum(a.shape[0] for a in arrays), longest, *arrays[0].shape[2:]), value, dtype=arrays[0].dtype)
+    row = 0
+    for a in arrays:
+        out[row : row + a.shape[0], : a.shape[1]] = a
+        row += a.shape[0]
+    return out
 
 
 class Batcher:
@@ -63,8 +79,13 @@ class Batcher:
         max_queue_delay_us: int = 0,
         batching: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
+        pad_values: dict[str, int] | None = None,
     ) -> None:
+        """`pad_values`: inputs whose axis 1 may be right-padded with that value so that requests of
+        different sequence lengths share a run (token ids and attention masks of mean-pooled encoders)."""
         self._run = run
+        self._pad_values = dict(pad_values or {})
+        self._padded = frozenset(self._pad_values)
         self._executor = executor
         self._concurrency = max(1, concurrency)
         self.max_batch_size = max_batch_size
@@ -115,7 +136,7 @@ class Batcher:
             raise ResourceExhausted(
                 f"the queue of this variant is full ({self.max_queue_size} requests waiting); retry with backoff"
             )
-        pending = _Pending(inputs, rows, _merge_key(inputs), deadline, asyncio.get_running_loop().create_future())
+        pending = _Pending(inputs, rows, _merge_key(inputs, self._padded), deadline, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._dispatch()
         return await pending.future
@@ -166,7 +187,12 @@ class Batcher:
         if len(group) == 1:
             feeds = group[0].inputs
         else:
-            feeds = {name: np.concatenate([p.inputs[name] for p in group]) for name in group[0].inputs}
+            feeds = {
+                name: _pad_concat([p.inputs[name] for p in group], self._pad_values[name])
+                if name in self._padded
+                else np.concatenate([p.inputs[name] for p in group])
+                for name in group[0].inputs
+            }
         outputs = self._run(feeds)
         finished = time.perf_counter()
         if len(group) == 1:

@@ -208,6 +208,12 @@ class Registry:
             return session.run(feeds, output_names)
 
         batchable = all(t.shape and t.shape[0] == -1 for t in spec.inputs)
+        # Text encoders mask padding out (attention mask + masked mean pooling), so requests of different
+        # lengths may share a run once padded; the manifest opts in with tokenizer.pad_merge.
+        pad_values: dict[str, int] = {}
+        if spec.tokenizer and spec.tokenizer.get("pad_merge", True):
+            pad_values = {t.name: 0 for t in spec.inputs
+                          if t.name in ("input_ids", "attention_mask", "token_type_ids") and len(t.shape) == 2}
         batcher = Batcher(
             run,
             self.executor,
@@ -217,6 +223,7 @@ class Registry:
             max_queue_delay_us=self.settings.max_queue_delay_us,
             batching=batchable and self.settings.batching,
             on_batch=on_batch,
+            pad_values=pad_values,
         )
         batcher.start()
         return LoadedVariant(vspec, session, batcher, metrics, stats)

@@ -103,3 +103,39 @@ def test_expired_deadline_is_dropped_without_compute(session: Session) -> None:
 
     asyncio.run(scenario())
     assert len(runs) == 1
+
+
+def test_text_requests_of_different_lengths_share_a_padded_run(tmp_path: Path) -> None:
+    """Token inputs padded on the right merge into one run; each caller gets its own unpadded answer."""
+    from tiny_text_repository import write_text_repository
+
+    session = Session(write_text_repository(tmp_path) / "teacher" / "model.onnx")
+    gate = threading.Event()
+    batches: list[int] = []
+
+    def run(feeds: dict) -> list:
+        gate.wait(5)
+        return session.run(feeds)
+
+    def feeds(ids: list[int]) -> dict:
+        return {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+
+    requests = [feeds([2, 3]), feeds([4, 5, 6, 7]), feeds([8]), feeds([9, 10, 11])]
+
+    async def scenario() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, concurrency=1, max_batch_size=64, max_queue_size=64,
+                              on_batch=lambda rows, _: batches.append(rows),
+                              pad_values={"input_ids": 0, "attention_mask": 0})
+            first = asyncio.create_task(batcher.submit(requests[0]))
+            await asyncio.sleep(0.02)
+            rest = [asyncio.create_task(batcher.submit(r)) for r in requests[1:]]
+            await asyncio.sleep(0.02)
+            gate.set()
+            results = await asyncio.gather(first, *rest)
+            await batcher.close()
+            return results
+
+    for request, (outputs, _) in zip(requests, asyncio.run(scenario())):
+        np.testing.assert_allclose(outputs[0], session.run(request)[0], atol=1e-6)
+    assert batches == [1, 3], batches
