@@ -76,6 +76,10 @@ class Settings:
     shutdown_grace_seconds: float = field(
         default=10.0, metadata={"help": "on SIGTERM, how long in-flight requests may take to finish"}
     )
+    event_loop: str = field(
+        default="uvloop",
+        metadata={"help": "uvloop (faster hand-off to the ONNX Runtime threads) or asyncio"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
 
@@ -145,5 +149,7 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"--{name.replace('_', '-')} {path}: no such file")
     if s.max_queue_delay_us < 0 or s.poll_seconds < 0:
         raise SettingsError("--max-queue-delay-us and --poll-seconds must be 0 or more")
+    if s.event_loop not in ("uvloop", "asyncio"):
+        raise SettingsError(f"--event-loop {s.event_loop!r}: use uvloop or asyncio")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"--log-level {s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
