@@ -29,8 +29,8 @@ def tiny_server(tiny_repo: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real default build (`python -m compression.build`), once per test session."""
+def digits_build(tmp_path_factory: pytest.TempPathFactory):
+    """The real default build (`python -m compression.build --out DIR`), once per test session."""
     import subprocess
 
     root = tmp_path_factory.mktemp("digits_repo")
@@ -39,4 +39,9 @@ def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return root
+    return root, done
+
+
+@pytest.fixture(scope="session")
+def digits_repo(digits_build) -> Path:
+    return digits_build[0]

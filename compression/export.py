@@ -1,0 +1,61 @@
+"""Export a torch module to a single self-contained ONNX file with a dynamic batch axis."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from compression.manifest import TensorSpec
+
+__all__ = ["BATCH_AXIS", "OPSET", "export_onnx"]
+
+# Opset 20 is what the torch.export-based exporter emits natively; ORT 1.31 runs it and its
+# quantizer supports per-channel QDQ from opset 13 on.
+OPSET = 20
+BATCH_AXIS = "batch"
+
+
+def _name_batch_axis(model: onnx.ModelProto) -> None:
+    """The exporter names dynamic axes after internal symbols (`s31`); call the batch `batch`."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        if dim.HasField("dim_param"):
+            dim.dim_param = BATCH_AXIS
+
+
+def export_onnx(module: nn.Module, path: Path, inputs: Sequence[TensorSpec],
+                outputs: Sequence[TensorSpec]) -> Path:
+    """Write `module` (in eval mode) to `path` with the given I/O names; dimension 0 is dynamic.
+
+    Weights are stored inside the file (no `.data` side file) so one sha256 covers the variant.
+    """
+    module = module.eval()
+    # Batch of 2: a batch of 1 would let the tracer specialise the axis to the constant 1.
+    example = tuple(torch.zeros(2, *(d for d in spec.shape[1:])) for spec in inputs)
+    dynamic = tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The exporter is chatty (deprecation notes from its dependencies, missing torchvision ops);
+    # none of that concerns a user of the build.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, example, dynamo=True, external_data=False, verbose=False,
+                input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
+                dynamic_shapes=dynamic, opset_version=OPSET)
+    finally:
+        quiet.setLevel(level)
+    model = program.model_proto
+    _name_batch_axis(model)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
