@@ -63,7 +63,7 @@ class _VariantCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         labels = ["model", "variant"]
         memory = GaugeMetricFamily(
-            "slimserve_variant_memory_bytes", "Resident memory the loaded variant added (measured at load)", labels=labels
+            "slimserve_variant_memory_bytes", "Resident memory the loaded variant holds (measured at load, in a fresh process)", labels=labels
         )
         file_bytes = GaugeMetricFamily("slimserve_variant_file_bytes", "Size of the variant's ONNX file", labels=labels)
         params = GaugeMetricFamily("slimserve_variant_parameters", "Parameter count of the variant", labels=labels)

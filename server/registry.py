@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+import sys
 import threading
 import time
 from concurrent.futures import Executor
@@ -141,14 +144,14 @@ class Registry:
                     # One variant at a time: sessions would otherwise compete for the same cores.
                     started = time.perf_counter()
                     sessions[vname] = await loop.run_in_executor(None, self._load_variant, spec, vspec)
-                    log.info("loaded %s/%s in %.2fs (%d bytes resident)", name, vname,
-                             time.perf_counter() - started, sessions[vname].stats.memory_bytes)
+                    log.info("loaded %s/%s in %.2fs", name, vname, time.perf_counter() - started)
             except SlimserveError as exc:
                 if old is None:
                     self.states[name] = ("UNAVAILABLE", exc.message)
                 else:
                     log.error("reload of %s failed, the loaded version keeps serving: %s", name, exc.message)
                 raise
+            await self._measure_memory(sessions)
             variants: dict[str, LoadedVariant] = {}
             for vname, vspec in spec.variants.items():
                 if vname in reused:
@@ -162,6 +165,25 @@ class Registry:
             retired = [v for vname, v in old.variants.items() if variants.get(vname) is not v]
             await asyncio.gather(*(v.batcher.close() for v in retired))
         return self.models[name]
+
+    async def _measure_memory(self, sessions: dict[str, Session]) -> None:
+        """Replace in-process RSS deltas with figures measured in a fresh process (server.memprobe)."""
+        if not sessions:
+            return
+        files = [str(s.path) for s in sessions.values()]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "server.memprobe", *files, "--threads", str(self.settings.intra_op_threads),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )
+            out, _ = await asyncio.wait_for(process.communicate(), timeout=300)
+            figures = json.loads(out.decode().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError, asyncio.TimeoutError) as exc:
+            log.warning("memory probe failed (%s); keeping in-process estimates", exc)
+            return
+        for session in sessions.values():
+            if str(session.path) in figures:
+                session.stats = dataclasses.replace(session.stats, memory_bytes=int(figures[str(session.path)]))
 
     def signature(self, name: str) -> tuple:
         """What on disk decides whether a model must be reloaded: its variant files and their sha256."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import time
@@ -36,6 +37,27 @@ ORT_TO_NUMPY: dict[str, np.dtype] = {
 }
 
 
+def _settled_rss(process: psutil.Process) -> int:
+    """Resident bytes after returning freed heap to the OS, so a delta counts what a session really holds
+    rather than what the allocator happened to keep or reuse."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+    return process.memory_info().rss
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def prime_onnxruntime() -> None:
     """Pay ONNX Runtime's one-time start-up memory before measuring variants, so the first variant
     loaded is not charged for it (a one-node Identity model, built in memory)."""
@@ -61,7 +83,11 @@ class SessionStats:
 
 
 class Session:
-    """A loaded ONNX model; `run` is blocking and thread-safe (ONNX Runtime allows concurrent Run)."""
+    """A loaded ONNX model; `run` is blocking and thread-safe (ONNX Runtime allows concurrent Run).
+
+    `stats.memory_bytes` starts as this process's RSS delta; the registry replaces it with a figure
+    measured in a fresh process (server/memprobe.py), which heap reuse cannot distort.
+    """
 
     def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
         self.path = path
@@ -73,8 +99,7 @@ class Session:
         # Workers already run sessions in parallel; spinning threads would steal their cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         process = psutil.Process()
-        gc.collect()
-        before = process.memory_info().rss
+        before = _settled_rss(process)
         started = time.perf_counter()
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -89,7 +114,7 @@ class Session:
         self.output_names = [o.name for o in self._session.get_outputs()]
         self._warm_up()
         load_seconds = time.perf_counter() - started
-        after = process.memory_info().rss
+        after = _settled_rss(process)
         self.stats = SessionStats(memory_bytes=max(0, after - before), load_seconds=load_seconds)
 
     def _warm_up(self) -> None:
