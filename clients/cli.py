@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=Path, metavar="FILE.npy", help="send the array in this .npy file")
     source.add_argument("--npz", type=Path, metavar="FILE.npz", help="send one row of this .npz's x")
     source.add_argument("--random", action="store_true", help="send random data shaped from the metadata (default)")
+    source.add_argument("--text", action="append", metavar="SENTENCE",
+                        help="text models: send this string (repeat for a batch); the server tokenizes it")
     infer.add_argument("--row", type=int, default=0, help="row of the .npz to send (default %(default)s)")
     infer.add_argument("--seed", type=int, default=None, help="seed for --random")
     infer.set_defaults(run=_infer)
@@ -73,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", parents=[common], help="every variant on the same held-out data, side by side",
         description="Run held-out inputs through every variant and print quality, latency and memory per variant.",
     )
-    compare.add_argument("--data", type=Path, default=None, metavar="FILE.npz",
-                         help="x (and optional labels y); default ./model_repository/<model>/heldout.npz")
+    compare.add_argument("--data", type=Path, default=None, metavar="FILE.npz|FILE.txt",
+                         help="x (and optional labels y), or one sentence per line for text models; "
+                              "default ./model_repository/<model>/heldout.txt or heldout.npz")
     compare.add_argument("--samples", type=_positive_int, default=None, help="use the first N rows (default all)")
     compare.add_argument("--batch", type=_positive_int, default=1, help="rows per request (default %(default)s)")
     compare.set_defaults(run=_compare)
@@ -97,7 +100,7 @@ def _metrics_url(args: argparse.Namespace) -> str:
 
 def _infer(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return run_infer(client, args.model, args.variant, out, npy=args.input, npz=args.npz,
-                     row=args.row if args.npz else None, seed=args.seed)
+                     row=args.row if args.npz else None, seed=args.seed, texts=args.text)
 
 
 def _compare(client: Client, args: argparse.Namespace, out: TextIO) -> int:

@@ -98,12 +98,18 @@ class Client:
         """ModelMetadata: inputs, outputs and (without `variant`) every variant of the model."""
         with self._errors():
             meta = self._triton.get_model_metadata(name, variant, client_timeout=self.timeout)
+            try:
+                config = self._triton.get_model_config(name, variant, client_timeout=self.timeout).config
+                task = config.metric_tags.get("task", "")
+            except InferenceServerException:  # a KServe server without Triton's ModelConfig extension
+                task = ""
         return ModelInfo(
             name=meta.name,
             platform=meta.platform,
             variants=tuple(meta.versions),
             inputs=tuple(_tensor(t) for t in meta.inputs),
             outputs=tuple(_tensor(t) for t in meta.outputs),
+            task=task,
         )
 
     def variants(self, name: str) -> list[str]:

@@ -22,8 +22,11 @@ MIB = 1024 * 1024
 
 
 def default_data_path(model: str) -> Path:
-    """Where `compression.build` leaves the held-out split: `./model_repository/<model>/heldout.npz`."""
-    return Path("model_repository") / model / "heldout.npz"
+    """Where `compression.build` leaves the held-out split: `./model_repository/<model>/heldout.txt` for
+    text models (sent as strings, tokenized by the server), else `heldout.npz`."""
+    folder = Path("model_repository") / model
+    text = folder / "heldout.txt"
+    return text if text.is_file() else folder / "heldout.npz"
 
 
 @dataclass

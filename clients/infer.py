@@ -9,7 +9,7 @@ import numpy as np
 
 from clients.client import Client
 from clients.errors import DataError
-from clients.inputs import load_dataset, npy_inputs, random_inputs
+from clients.inputs import load_dataset, npy_inputs, random_inputs, text_inputs
 from clients.model import ModelInfo, Prediction
 
 __all__ = ["run_infer", "choose_inputs", "format_prediction", "softmax"]
@@ -25,9 +25,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def choose_inputs(
-    model: ModelInfo, npy: Path | None, npz: Path | None, row: int | None, seed: int | None = None
+    model: ModelInfo, npy: Path | None, npz: Path | None, row: int | None, seed: int | None = None,
+    texts: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The request's inputs: a .npy file, one row of an .npz (all rows when `row` is None), or random data."""
+    """The request's inputs: strings, a .npy file, one row of an .npz (all rows when `row` is None), or random."""
+    if texts:
+        return text_inputs(model, texts)
     if npy is not None:
         return npy_inputs(model, npy)
     if npz is not None:
@@ -70,10 +73,11 @@ def run_infer(
     npz: Path | None = None,
     row: int | None = None,
     seed: int | None = None,
+    texts: list[str] | None = None,
 ) -> int:
     """Send one request and print what came back; returns the exit status."""
     info = client.model(model, variant)
-    inputs = choose_inputs(info, npy, npz, row, seed)
+    inputs = choose_inputs(info, npy, npz, row, seed, texts)
     prediction = client.infer(model, inputs, variant=variant)
     print(format_prediction(info, prediction), file=out)
     return 0

@@ -11,7 +11,7 @@ import numpy as np
 from clients.errors import DataError
 from clients.model import ModelInfo, TensorInfo
 
-__all__ = ["Dataset", "fit", "random_inputs", "npy_inputs", "load_dataset"]
+__all__ = ["Dataset", "fit", "random_inputs", "npy_inputs", "load_dataset", "text_inputs"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def random_inputs(model: ModelInfo, batch: int = 1, seed: int | None = None) -> 
     """Random data for every input, dynamic axes set to `batch` (first) and 1 (others)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    for t in model.inputs:
+    for t in model.request_inputs:
         shape = t.concrete_shape(batch)
         if t.datatype == "BYTES":
             out[t.name] = np.full(shape, b"hello world", dtype=np.object_)
@@ -88,8 +88,25 @@ def npy_inputs(model: ModelInfo, path: Path) -> dict[str, np.ndarray]:
     return {tensor.name: fit(tensor, array, str(path))}
 
 
+def text_inputs(model: ModelInfo, texts: list[str]) -> dict[str, np.ndarray]:
+    """Strings for a text model's BYTES input, one per row."""
+    tensor = model.text_input
+    if tensor is None:
+        raise DataError(f"model '{model.name}' takes no text input; its inputs are {', '.join(t.name for t in model.inputs)}")
+    return {tensor.name: np.array([t.encode("utf-8") for t in texts], dtype=np.object_)}
+
+
 def load_dataset(model: ModelInfo, path: Path) -> Dataset:
-    """An .npz with `x` (or one array per input name) and optional labels `y`."""
+    """An .npz with `x` (or one array per input name) and optional labels `y`; or, for a text model,
+    a .txt file with one sentence per line."""
+    if path.suffix == ".txt":
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from None
+        if not lines:
+            raise DataError(f"{path}: no sentences (one per line expected)")
+        return Dataset(text_inputs(model, lines), None)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

@@ -42,9 +42,25 @@ class ModelInfo:
     variants: tuple[str, ...]
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    task: str = ""  # "classification" or "embedding", from ModelConfig's metric_tags when the server says
+
+    @property
+    def text_input(self) -> TensorInfo | None:
+        """The BYTES input a text model accepts beside its token inputs (tokenized by the server)."""
+        if len(self.inputs) < 2:
+            return None
+        return next((t for t in self.inputs if t.datatype == "BYTES" and t.name == "text"), None)
+
+    @property
+    def request_inputs(self) -> tuple[TensorInfo, ...]:
+        """What a request sends by default: strings for a text model, otherwise every input."""
+        text = self.text_input
+        return (text,) if text is not None else self.inputs
 
     def is_classifier(self, output: TensorInfo | None = None) -> bool:
-        """A floating-point output shaped [-1, C] with C > 1 is read as class scores."""
+        """The server's task tag decides; without it, a float output shaped [-1, C], C > 1, reads as scores."""
+        if self.task:
+            return self.task == "classification"
         t = output or self.outputs[0]
         return len(t.shape) == 2 and t.batched and t.shape[1] > 1 and t.datatype in ("FP16", "FP32", "FP64")
 

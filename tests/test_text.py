@@ -77,3 +77,24 @@ def test_bad_text_requests(text_server) -> None:
     with pytest.raises(InferenceServerException) as err:
         client.infer("words", [bad])
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and "UTF-8" in err.value.message()
+
+
+def test_client_cli_sends_text(text_server, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from server_process import ROOT
+
+    server, folder = text_server
+    done = subprocess.run([sys.executable, "-m", "clients", "infer", "--url", server.url, "--model", "words",
+                           "--text", "the cat sat", "--text", "a dog"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "output embedding FP32 [2, 16]" in done.stdout and "top class" not in done.stdout
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("the cat sat on the mat\na big dog\n\nred house\n")
+    done = subprocess.run([sys.executable, "-m", "clients", "compare", "--url", server.url, "--model", "words",
+                           "--data", str(corpus), "--metrics-url", server.metrics_url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "teacher" in done.stdout and "1.0000" in done.stdout  # the teacher's cosine to itself
