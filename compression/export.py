@@ -30,15 +30,21 @@ def _name_batch_axis(model: onnx.ModelProto) -> None:
 
 
 def export_onnx(module: nn.Module, path: Path, inputs: Sequence[TensorSpec],
-                outputs: Sequence[TensorSpec]) -> Path:
-    """Write `module` (in eval mode) to `path` with the given I/O names; dimension 0 is dynamic.
+                outputs: Sequence[TensorSpec], example: torch.Tensor | None = None) -> Path:
+    """Write `module` (in eval mode) to `path` with the given I/O names and dynamic axes: dimension
+    0 always, and every other dimension the input spec records as -1.
 
+    `example` holds real rows (two are used); without it zeros of the spec's shape are traced.
     Weights are stored inside the file (no `.data` side file) so one sha256 covers the variant.
     """
     module = module.eval()
     # Batch of 2: a batch of 1 would let the tracer specialise the axis to the constant 1.
-    example = tuple(torch.zeros(2, *(d for d in spec.shape[1:])) for spec in inputs)
-    dynamic = tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs)
+    if example is not None:
+        examples = (example[:2] if len(example) >= 2 else example.repeat(2, *[1] * (example.dim() - 1)),)
+    else:
+        examples = tuple(torch.zeros(2, *(d for d in spec.shape[1:])) for spec in inputs)
+    dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis, d in enumerate(spec.shape)
+                     if axis == 0 or d == -1} for spec in inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The exporter is chatty (deprecation notes from its dependencies, missing torchvision ops);
     # none of that concerns a user of the build.
@@ -49,7 +55,7 @@ def export_onnx(module: nn.Module, path: Path, inputs: Sequence[TensorSpec],
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                module, example, dynamo=True, external_data=False, verbose=False,
+                module, examples, dynamo=True, external_data=False, verbose=False,
                 input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
                 dynamic_shapes=dynamic, opset_version=OPSET)
     finally:

@@ -26,7 +26,7 @@ LATENCY_KEYS = {"threads", "cpu", "batch_1", "batch_32"}
 PERCENTILE_KEYS = {"p50_ms", "p95_ms", "runs"}
 TASK_QUALITY = {"classification": {"accuracy", "agreement"},
                 "embedding": {"cosine_mean", "cosine_min", "neighbour_agreement"}}
-# The quality number routing budgets refer to, per task.
+# The quality number routing budgets refer to, per task (classifiers without labels: agreement).
 PRIMARY_METRIC = {"classification": "accuracy", "embedding": "cosine_mean"}
 DATATYPES = {"FP32", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL", "BYTES"}
 ROUTING_POLICIES = {"fixed", "split", "auto"}
@@ -87,7 +87,10 @@ def validate(manifest: dict[str, Any]) -> list[str]:
         if file.is_absolute() or ".." in file.parts:
             problems.append(f"{where}.file: must stay inside the model folder")
         if task in TASK_QUALITY:
-            problems += _missing(f"{where}.quality", variant["quality"], TASK_QUALITY[task])
+            wanted = TASK_QUALITY[task]
+            if task == "classification" and manifest["primary_metric"] != "accuracy":
+                wanted = wanted - {"accuracy"}  # unlabelled data: agreement with the teacher only
+            problems += _missing(f"{where}.quality", variant["quality"], wanted)
         problems += _missing(f"{where}.latency", variant["latency"], LATENCY_KEYS)
         for batch in ("batch_1", "batch_32"):
             problems += _missing(f"{where}.latency.{batch}", variant["latency"].get(batch),

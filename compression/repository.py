@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,12 +27,14 @@ def _fsync_dir(path: Path) -> None:
 @contextmanager
 def staged_model_dir(root: Path, name: str) -> Iterator[Path]:
     """Yield an empty staging folder `<root>/.<name>.partial-<pid>`; on a clean exit swap it in
-    as `<root>/<name>`, on any exception (Ctrl-C included) delete it and leave `<root>` as it was.
+    as `<root>/<name>`, on any exception (Ctrl-C included) delete it and leave `<root>` as it was
+    (removed again if this call created it).
 
     Staging beside the target keeps both on one file system, so the swap is two renames: the old
     folder goes aside, the new one comes in, the old one is deleted. A reader never sees a folder
     mixing two builds; between the two renames the model is briefly absent rather than torn.
     """
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
     staging = root / f".{name}.partial-{os.getpid()}"
@@ -52,5 +55,8 @@ def staged_model_dir(root: Path, name: str) -> Iterator[Path]:
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # a repository root this build made, if still empty
         raise
     shutil.rmtree(aside, ignore_errors=True)

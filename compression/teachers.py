@@ -1,9 +1,37 @@
-"""Teachers: where the model to compress comes from (built-in and trained here, or loaded later)."""
+"""Teachers: where the model to compress comes from, and what the build learns about it.
+
+`--teacher` is one of
+    a built-in name          `digits` (trained by the build); more via `register_teacher`
+    a TorchScript file       `.pt` / `.ts`, read with `torch.jit.load`
+    a torch.export program   `.pt2`, read with `torch.export.load`
+    a factory                `package.module:factory` (or `file.py:factory`) returning an nn.Module,
+                             with `--weights FILE` (safetensors, or a state dict read with
+                             `torch.load(weights_only=True)`: tensors only, never arbitrary objects)
+    an ONNX file             `.onnx`: no torch model, so only variants that need no training
+
+TorchScript and torch.export teachers are turned into editable modules with real layers
+(`compression.lift`), so they can be distilled from, pruned and narrowed like any nn.Module.
+
+Input and output names, datatypes and dynamic axes come from the teacher where it records them
+(ONNX, torch.export), else from the data (one dynamic batch axis); `--input-name` and
+`--output-name` override the names.
+
+Registering a built-in teacher (e.g. `minilm`), in the module that owns it:
+
+    from compression.teachers import TeacherSource, register_teacher
+    register_teacher(TeacherSource("minilm", default_data="wordnet", load=load_minilm))
+
+where `load_minilm(splits, options, progress) -> Teacher`; or, for a teacher that keeps its own
+pipeline, `TeacherSource("minilm", default_data="", load=None, delegate=minilm_build_main)`:
+`python -m compression.build --teacher minilm ...` then hands the remaining arguments to
+`minilm_build_main(argv) -> exit status`. Make sure the module is imported by `BUILTIN_MODULES`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,40 +39,57 @@ from torch import nn
 
 from compression.data import Splits
 from compression.errors import UsageError
+from compression.factory import is_factory_ref
 from compression.manifest import TensorSpec
 from compression.mlp import MLP
 from compression.progress import Progress
 from compression.train import TrainOptions, fit, seed_everything
 
-__all__ = ["BUILTIN_TEACHERS", "FILE_TEACHERS", "Teacher", "TeacherOptions", "TeacherSource",
-           "resolve_teacher"]
+__all__ = ["BUILTIN_MODULES", "BUILTIN_TEACHERS", "FILE_TEACHERS", "TASKS", "Teacher",
+           "TeacherOptions", "TeacherSource", "load_builtins", "register_teacher", "resolve_teacher"]
+
+TASKS = ("classification", "embedding")
+# Modules imported before `--teacher` is resolved, so their `register_teacher` calls have run.
+BUILTIN_MODULES: list[str] = []
 
 
 @dataclass(frozen=True)
 class TeacherOptions:
-    """How a built-in teacher is trained (loaded teachers ignore this)."""
+    """How a built-in teacher is trained (loaded teachers ignore the training part)."""
 
     hidden: tuple[int, ...] = (1200, 1200)
     dropout: float = 0.5
     input_dropout: float = 0.1
     train: TrainOptions = TrainOptions(epochs=60, lr=1e-3, weight_decay=1e-4)
+    task: str = "auto"
+    """classification or embedding; auto: classification when the data has labels."""
+    input_name: str | None = None
+    output_name: str | None = None
+    weights: Path | None = None
 
 
 @dataclass
 class Teacher:
-    """A ready teacher: the torch module plus what the variants and the manifest need of it."""
+    """A ready teacher: its torch module (None for ONNX files) plus what variants and manifest need."""
 
     name: str
-    module: nn.Module
+    module: nn.Module | None
     task: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     labels: list[str] | None
     recipe: dict[str, Any]
-    make_student: Callable[[Sequence[int]], nn.Module]
-    """A smaller model of the same family, given its hidden widths (for distillation)."""
-    output_layer: str
-    """Submodule name of the layer pruning must keep whole (its outputs are the classes)."""
+    make_student: Callable[[float, tuple[int, ...] | None], nn.Module] | None = None
+    """A smaller model of the same family given a width scale (or explicit hidden widths);
+    None: students are derived generically by narrowing the module (compression.prune.narrow)."""
+    output_layer: str | None = None
+    """Submodule that produces the outputs, kept whole by pruning (None: found by tracing)."""
+    onnx_file: Path | None = None
+    """The source file of an ONNX teacher."""
+
+    @property
+    def trainable(self) -> bool:
+        return self.module is not None
 
 
 @dataclass(frozen=True)
@@ -52,50 +97,81 @@ class TeacherSource:
     """How to obtain a teacher, and the data set it comes with."""
 
     name: str
-    default_data: str
-    load: Callable[[Splits, TeacherOptions, Progress], Teacher]
+    default_data: str | None
+    load: Callable[[Splits, TeacherOptions, Progress], Teacher] | None
+    trainable: bool = True
+    """False for teachers without a torch model (ONNX): only int8 and shared variants."""
+    delegate: Callable[[list[str]], int] | None = None
+    """A teacher with its own build pipeline takes over the whole command line."""
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _digits(splits: Splits, options: TeacherOptions, progress: Progress) -> Teacher:
     """Hinton et al.'s MNIST teacher shape scaled to 8x8 digits: 64 → 1200 → 1200 → 10, dropout."""
+    if splits.x_train.shape[1:] != (64,) or not splits.labelled:
+        raise UsageError(f"the digits teacher trains on labelled rows of 64 pixels; data "
+                         f"{splits.name} has rows of {list(splits.x_train.shape[1:])}"
+                         f"{'' if splits.labelled else ' without labels'}")
     seed_everything(options.train.seed)
     module = MLP(64, options.hidden, 10, options.dropout, options.input_dropout)
     with progress.step("teacher: train 64-" + "-".join(map(str, options.hidden)) + "-10") as step:
         result = fit(module, splits, options.train, progress, "teacher")
         step.note(f"{result.epochs_run} epochs, best epoch {result.best_epoch}, "
-                  f"validation accuracy {result.val_accuracy:.4f}")
+                  f"validation accuracy {result.val_score:.4f}")
     recipe = {"name": "train", "params": {
         "architecture": "mlp", "hidden": list(options.hidden), "dropout": options.dropout,
         "input_dropout": options.input_dropout, **options.train.as_params(),
         "selection": "best validation accuracy", "best_epoch": result.best_epoch,
-        "validation_accuracy": round(result.val_accuracy, 6)}}
+        "validation_accuracy": round(result.val_score, 6)}}
+
+    def student(width: float, hidden: tuple[int, ...] | None) -> nn.Module:
+        sizes = hidden or tuple(max(1, round(h * width)) for h in options.hidden)
+        return MLP(64, sizes, 10)
+
     return Teacher(
         name="digits", module=module, task="classification",
-        inputs=(TensorSpec("input", "FP32", (-1, 64)),),
-        outputs=(TensorSpec("logits", "FP32", (-1, 10)),),
-        labels=splits.labels, recipe=recipe,
-        make_student=lambda hidden: MLP(64, hidden, 10),
-        output_layer="head")
+        inputs=(TensorSpec(options.input_name or "input", "FP32", (-1, 64)),),
+        outputs=(TensorSpec(options.output_name or "logits", "FP32", (-1, 10)),),
+        labels=splits.labels, recipe=recipe, make_student=student, output_layer="head")
 
 
-BUILTIN_TEACHERS: dict[str, TeacherSource] = {"digits": TeacherSource("digits", "digits", _digits)}
-
-# Teachers from files, by suffix. Each entry will get a loader (torch.jit.load, torch.export.load,
-# ONNX for quantization only); `package.module:factory` with --weights goes beside them.
-FILE_TEACHERS: dict[str, str] = {".pt": "TorchScript", ".pt2": "torch.export", ".onnx": "ONNX"}
+BUILTIN_TEACHERS: dict[str, TeacherSource] = {
+    "digits": TeacherSource("digits", "digits", _digits)}
 
 
-def resolve_teacher(spec: str) -> TeacherSource:
-    """The teacher named by `--teacher`: a built-in name (files and factories are not yet supported)."""
+def register_teacher(source: TeacherSource) -> None:
+    """Make `--teacher NAME` a built-in (see the module docstring)."""
+    BUILTIN_TEACHERS[source.name] = source
+
+
+FILE_TEACHERS: dict[str, str] = {".pt": "TorchScript", ".ts": "TorchScript",
+                                 ".pt2": "torch.export", ".onnx": "ONNX"}
+
+
+def load_builtins() -> dict[str, TeacherSource]:
+    """Import the modules that register built-in teachers; return the registry."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    return BUILTIN_TEACHERS
+
+
+def resolve_teacher(spec: str, weights: Path | None = None) -> TeacherSource:
+    """The teacher named by `--teacher` (see the module docstring); bad references are UsageErrors."""
+    from compression import loaders
+
+    load_builtins()
+    if weights is not None and not is_factory_ref(spec):
+        raise UsageError("--weights goes with a factory teacher (--teacher package.module:factory)")
     if spec in BUILTIN_TEACHERS:
         return BUILTIN_TEACHERS[spec]
     builtin = ", ".join(sorted(BUILTIN_TEACHERS))
-    suffix = Path(spec).suffix
-    if suffix in FILE_TEACHERS:
-        if not Path(spec).is_file():
+    path = Path(spec)
+    if path.suffix in FILE_TEACHERS:
+        if not path.is_file():
             raise UsageError(f"teacher file not found: {spec}")
-        raise UsageError(f"{FILE_TEACHERS[suffix]} teacher files are not supported yet; "
-                         f"built-in teachers: {builtin}")
-    if ":" in spec:
-        raise UsageError(f"factory teachers ({spec}) are not supported yet; built-in teachers: {builtin}")
-    raise UsageError(f"unknown teacher {spec!r}; built-in teachers: {builtin}")
+        return {".pt": loaders.torchscript, ".ts": loaders.torchscript,
+                ".pt2": loaders.exported, ".onnx": loaders.onnx_file}[path.suffix](path)
+    if is_factory_ref(spec):
+        return loaders.factory(spec, weights)
+    raise UsageError(f"unknown teacher {spec!r}; use a built-in name ({builtin}), a .pt/.ts, "
+                     ".pt2 or .onnx file, or package.module:factory")

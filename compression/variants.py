@@ -9,18 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
+from compression import distributed, evaluate
 from compression.data import Splits
-from compression.distill import DistillOptions, distill
+from compression.distill import DistillOptions, distill, feature_loss, kd_loss
 from compression.errors import UsageError
 from compression.export import export_onnx
+from compression.factory import load_callable
+from compression.host import cpu_flags
 from compression.progress import Progress
-from compression.prune import PruneOptions, count_macs_params, prune
-from compression.quantize import QuantizeOptions, quantize_int8
+from compression.prune import PruneOptions, count_macs_params, narrow, output_layers, prune
+from compression.quantize import Budget, QuantizeOptions, search
+from compression.share import ShareOptions, share_weights
 from compression.teachers import Teacher
-from compression.train import TrainOptions, accuracy, fit, logits_of, seed_everything
+from compression.train import TrainOptions, accuracy, fit, outputs_of, seed_everything
 
 __all__ = ["VARIANTS", "BuildContext", "Made", "VariantOptions", "VariantSpec", "plan"]
 
@@ -29,13 +34,19 @@ __all__ = ["VARIANTS", "BuildContext", "Made", "VariantOptions", "VariantSpec", 
 class VariantOptions:
     """Every per-variant knob of one build (the command line fills these)."""
 
-    student_hidden: tuple[int, ...] = (300, 300)
+    student_width: float = 0.25
+    """Hidden widths of a derived student, as a fraction of the teacher's."""
+    student_hidden: tuple[int, ...] | None = None
+    """Explicit hidden widths (teachers with a student family, e.g. the built-in MLP)."""
+    student: str | None = None
+    """`package.module:factory` returning the student module (overrides the derived one)."""
     distill: DistillOptions = DistillOptions(train=TrainOptions(epochs=150))
     prune: PruneOptions = PruneOptions()
     prune_finetune_lr: float = 5e-4
-    """Recovery after pruning is KD from the parent with `distill`'s T, alpha and batch size,
-    for `prune.finetune_epochs`, at this gentler learning rate (the weights are already good)."""
+    """Recovery after pruning is distillation from the parent with `distill`'s loss and batch
+    size, for `prune.finetune_epochs`, at this gentler learning rate (the weights are already good)."""
     quantize: QuantizeOptions = QuantizeOptions()
+    share: ShareOptions = ShareOptions()
 
 
 @dataclass
@@ -47,8 +58,26 @@ class BuildContext:
     calibration: np.ndarray
     options: VariantOptions
     progress: Progress
+    host: dict[str, Any] = field(default_factory=dict)
     made: dict[str, Made] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes files."""
+        return distributed.is_main()
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.from_numpy(self.splits.x_train[:2])
+
+    def distill_loss(self) -> str:
+        loss = self.options.distill.loss
+        if loss == "auto":
+            return "kd" if self.teacher.task == "classification" else "cosine"
+        if loss == "kd" and self.teacher.task != "classification":
+            raise UsageError("--distill-loss kd needs a classifier teacher; use mse or cosine")
+        return loss
 
 
 @dataclass
@@ -57,7 +86,7 @@ class Made:
 
     recipe: dict[str, Any]
     macs: int
-    """Multiply-accumulates per sample; quantized variants inherit their parent's."""
+    """Multiply-accumulates per sample; quantized and shared variants inherit their parent's."""
     module: nn.Module | None = None
     """The torch model, for torch-level children (e.g. a later pruned+distilled chain)."""
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -73,117 +102,243 @@ class VariantSpec:
     kind: str
     parent: str | None
     make: Maker
-
-
-def _example(ctx: BuildContext) -> torch.Tensor:
-    return torch.zeros(1, *ctx.teacher.inputs[0].shape[1:])
+    trains: bool = False
+    """Needs a torch teacher and gradient steps (runs on every torchrun process)."""
 
 
 def _export(ctx: BuildContext, module: nn.Module, path: Path) -> None:
-    export_onnx(module, path, ctx.teacher.inputs, ctx.teacher.outputs)
+    if ctx.main:
+        export_onnx(module, path, ctx.teacher.inputs, ctx.teacher.outputs, ctx.example)
 
 
 def make_teacher(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
-    """The teacher as it is (trained or loaded earlier), exported."""
+    """The teacher as it is (trained or loaded earlier), exported; an ONNX teacher is copied."""
     module = ctx.teacher.module
+    if module is None:
+        if ctx.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save_model(onnx.load(str(ctx.teacher.onnx_file)), str(path))  # external data inlined
+        macs = evaluate.onnx_macs(path, ctx.splits.x_train[:1]) if ctx.main else 0
+        return Made(ctx.teacher.recipe, macs)
     _export(ctx, module, path)
-    macs, _ = count_macs_params(module, _example(ctx))
+    macs, _ = count_macs_params(module, ctx.example)
     return Made(ctx.teacher.recipe, macs, module)
 
 
-def make_distilled(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
-    """A small student distilled from the parent, plus the same student trained without it."""
-    teacher = ctx.made[spec.parent].module
-    options = ctx.options.distill
-    hidden = ctx.options.student_hidden
-    seed_everything(options.train.seed)
-    student = ctx.teacher.make_student(hidden)
-    with ctx.progress.step(f"{spec.name}: distill into hidden {list(hidden)}") as step:
-        result = distill(student, teacher, ctx.splits, options, ctx.progress, spec.name)
-        step.note(f"best epoch {result.best_epoch}, validation accuracy {result.val_accuracy:.4f}")
-    _export(ctx, student, path)
-    macs, params = count_macs_params(student, _example(ctx))
+def _student(ctx: BuildContext, teacher: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """The user's student, the teacher family's, or the teacher narrowed to `student_width`."""
+    options = ctx.options
+    seed_everything(options.distill.train.seed)
+    if options.student:
+        make = load_callable(options.student, "student factory")
+        try:
+            student = make()
+        except Exception as error:
+            raise UsageError(f"student factory {options.student} failed: {error}") from error
+        if not isinstance(student, nn.Module):
+            raise UsageError(f"student factory {options.student} did not return an nn.Module")
+        about: dict[str, Any] = {"source": "factory", "factory": options.student}
+    elif ctx.teacher.make_student is not None:
+        student = ctx.teacher.make_student(options.student_width, options.student_hidden)
+        about = {"source": "teacher family", "width": options.student_width,
+                 **({"hidden": list(options.student_hidden)} if options.student_hidden else {})}
+    elif options.student_hidden:
+        raise UsageError("--student-hidden needs a teacher with a student family (the built-in "
+                         "MLP); use --student-width or --student")
+    else:
+        keep = output_layers(teacher, ctx.example, ctx.teacher.output_layer)
+        student = narrow(teacher, ctx.example, keep, options.student_width, options.distill.train.seed)
+        about = {"source": "teacher narrowed (same graph, hidden widths scaled, re-initialised)",
+                 "width": options.student_width}
+    with torch.no_grad():
+        want = outputs_of(teacher, ctx.splits.x_train[:2]).shape
+        try:
+            got = outputs_of(student, ctx.splits.x_train[:2]).shape
+        except Exception as error:
+            raise UsageError(f"the student cannot run on the data: {error}") from error
+    if got != want:
+        raise UsageError(f"the student outputs {list(got)} per two rows, the teacher {list(want)}")
+    widths = [m.out_features if isinstance(m, nn.Linear) else m.out_channels
+              for m in student.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    return student, {**about, "layer_widths": widths}
 
-    # Hinton's control: identical architecture, seed and schedule, hard labels only. Measured
-    # in torch (it is never exported or served), on the same test split as the variants.
-    seed_everything(options.train.seed)
-    alone = ctx.teacher.make_student(hidden)
-    with ctx.progress.step("baseline: same student without the teacher") as step:
-        trained = fit(alone, ctx.splits, options.train, ctx.progress, "baseline")
-        test_logits = logits_of(alone, ctx.splits.x_test)
-        teacher_top1 = logits_of(teacher, ctx.splits.x_test).argmax(dim=1)
-        quality = {"accuracy": round(accuracy(test_logits, ctx.splits.y_test), 6),
-                   "agreement": round(float((test_logits.argmax(dim=1) == teacher_top1)
-                                            .float().mean()), 6)}
-        step.note(f"test accuracy {quality['accuracy']:.4f}")
-    baseline = {"parameters": count_macs_params(alone, _example(ctx))[1], "quality": quality,
-                "recipe": {"name": "train", "params": {"hidden": list(hidden), "loss": "CE(s,y)",
-                                                       **options.train.as_params()}},
-                "build_seconds": round(trained.seconds, 2)}
+
+def make_distilled(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
+    """A small student distilled from the parent, plus (labelled classifiers) the same student
+    trained on labels alone: Hinton's control."""
+    teacher = ctx.made[spec.parent].module
+    options = replace(ctx.options.distill, loss=ctx.distill_loss())
+    student, about = _student(ctx, teacher)
+    initial = copy.deepcopy(student.state_dict())
+    task = ctx.teacher.task
+    with ctx.progress.step(f"{spec.name}: distill ({options.loss}) into layers "
+                           f"{about['layer_widths']}") as step:
+        result = distill(student, teacher, ctx.splits, options, ctx.progress, spec.name, task)
+        step.note(f"{result.epochs_run} epochs, best epoch {result.best_epoch}, validation "
+                  f"score {result.val_score:.4f}")
+    _export(ctx, student, path)
+    macs, params = count_macs_params(student, ctx.example)
     recipe = {"name": "distill", "params": {
-        "teacher": spec.parent, "hidden": list(hidden), "parameters": params,
-        **options.as_params(), "best_epoch": result.best_epoch}}
-    return Made(recipe, macs, student, {"student_without_teacher": baseline})
+        "teacher": spec.parent, "student": about, "parameters": params, **options.as_params(),
+        "early_stopping": {"patience": options.train.patience,
+                           "metric": "validation accuracy" if task == "classification" and ctx.splits.labelled
+                           else ("validation agreement with the teacher" if task == "classification"
+                                 else "validation cosine to the teacher")},
+        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}}
+    baselines = {}
+    if task == "classification" and ctx.splits.labelled and options.loss == "kd":
+        baselines["student_without_teacher"] = {
+            **_baseline(ctx, teacher, student, initial, options), "architecture_of": spec.name}
+    return Made(recipe, macs, student, baselines)
+
+
+def _baseline(ctx: BuildContext, teacher: nn.Module, trained: nn.Module,
+              initial: dict[str, torch.Tensor], options: DistillOptions) -> dict[str, Any]:
+    """Identical architecture, initial weights, seed and schedule, hard labels only. Measured in
+    torch (it is never exported or served), on the same test split as the variants."""
+    seed_everything(options.train.seed)
+    alone = copy.deepcopy(trained)
+    alone.load_state_dict(initial)
+    with ctx.progress.step("baseline: same student without the teacher") as step:
+        result = fit(alone, ctx.splits, options.train, ctx.progress, "baseline")
+        test = outputs_of(alone, ctx.splits.x_test)
+        teacher_top1 = outputs_of(teacher, ctx.splits.x_test).argmax(dim=1)
+        quality = {"accuracy": round(accuracy(test, ctx.splits.y_test), 6),
+                   "agreement": round(float((test.argmax(dim=1) == teacher_top1).float().mean()), 6)}
+        step.note(f"test accuracy {quality['accuracy']:.4f}")
+    return {"parameters": count_macs_params(alone, ctx.example)[1], "quality": quality,
+            "recipe": {"name": "train", "params": {"loss": "CE(s,y)", **options.train.as_params()}},
+            "build_seconds": round(result.seconds, 2)}
 
 
 def make_pruned(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
-    """Structural pruning of the parent's hidden neurons, then KD recovery guided by the parent."""
+    """Structural pruning of the parent's neurons / channels, each step followed by recovery
+    distilled from the parent."""
     parent = ctx.made[spec.parent].module
     options = ctx.options.prune
-    guide = replace(ctx.options.distill, train=replace(
+    guide = replace(ctx.options.distill, loss=ctx.distill_loss(), train=replace(
         ctx.options.distill.train, epochs=options.finetune_epochs, lr=ctx.options.prune_finetune_lr))
     seed_everything(guide.train.seed)
     model = copy.deepcopy(parent)
-    output_layer = model.get_submodule(ctx.teacher.output_layer)
+    keep = output_layers(model, ctx.example, ctx.teacher.output_layer)
+    task = ctx.teacher.task
+    rows = ctx.splits.x_train[:256]
+    targets = outputs_of(parent, rows)
 
     def finetune(pruned: nn.Module, epochs: int, step_no: int) -> None:
-        recovery = replace(guide, train=replace(guide.train, epochs=epochs))
-        distill(pruned, parent, ctx.splits, recovery, ctx.progress, f"{spec.name} step {step_no}")
+        if epochs > 0:
+            recovery = replace(guide, train=replace(guide.train, epochs=epochs))
+            distill(pruned, parent, ctx.splits, recovery, ctx.progress, f"{spec.name} step {step_no}", task)
 
-    with ctx.progress.step(f"{spec.name}: prune {options.ratio:.0%} of hidden neurons "
-                           f"({options.importance}), fine-tune {options.finetune_epochs} epochs") as step:
-        report = prune(model, _example(ctx), output_layer, options, finetune)
-        step.note(f"widths {report.widths_before} -> {report.widths_after}, parameters "
+    def gradient_loss(m: nn.Module) -> torch.Tensor:
+        out = m(torch.from_numpy(rows))
+        if guide.loss == "kd":
+            return kd_loss(out, targets, None, guide.temperature, 1.0)
+        return feature_loss(out, targets, guide.loss)
+
+    with ctx.progress.step(f"{spec.name}: prune {options.ratio:.0%} of hidden neurons/channels "
+                           f"({options.importance}, {options.steps} step(s)), recover "
+                           f"{options.finetune_epochs} epochs") as step:
+        report = prune(model, ctx.example, keep, options, finetune, gradient_loss)
+        step.note(f"widths {list(report.widths_before.values())} -> "
+                  f"{list(report.widths_after.values())}, parameters "
                   f"{report.params_before} -> {report.params_after}")
     _export(ctx, model, path)
+    kept_names = [n for n, m in model.named_modules() if any(m is k for k in keep)]
     recipe = {"name": "prune", "params": {
-        "library": "torch_pruning", "pruner": "BasePruner (MetaPruner)",
+        "library": "torch_pruning", "pruner": "BasePruner (dependency graph)",
         "importance": options.importance, "ratio": options.ratio, "steps": options.steps,
-        "round_to": options.round_to, "ignored_layers": [ctx.teacher.output_layer], "scope": "per layer",
+        "round_to": options.round_to, "ignored_layers": kept_names, "scope": "per layer",
         "widths_before": report.widths_before, "widths_after": report.widths_after,
         "parameters_before": report.params_before, "parameters_after": report.params_after,
         "macs_before": report.macs_before, "macs_after": report.macs_after,
         "schedule": report.steps,
-        "finetune": {"loss": "distill", "guide": spec.parent,
-                     "temperature": guide.temperature, "alpha": guide.alpha,
+        "recovery": {"loss": guide.loss, "guide": spec.parent,
+                     **({"temperature": guide.temperature, "alpha": guide.alpha}
+                        if guide.loss == "kd" else {}),
                      **guide.train.as_params()}}}
     return Made(recipe, report.macs_after, model)
 
 
+def _budget(ctx: BuildContext, reference: np.ndarray) -> Budget:
+    """The int8 budget against the parent's validation outputs (ONNX Runtime, this CPU)."""
+    q, splits = ctx.options.quantize, ctx.splits
+    if ctx.teacher.task == "classification":
+        if splits.labelled:
+            score = (lambda out: float((out.argmax(axis=1) == splits.y_val).mean()))
+            return Budget("accuracy", score(reference), max_drop_points=q.max_drop, score=score)
+        top1 = reference.argmax(axis=1)
+        return Budget("agreement", 1.0, min_value=q.min_fidelity,
+                      score=lambda out: float((out.argmax(axis=1) == top1).mean()))
+    return Budget("cosine_mean", 1.0, min_value=q.min_fidelity,
+                  score=lambda out: evaluate.embedding_quality(out, reference)["cosine_mean"])
+
+
 def make_int8(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
-    """Static int8 quantization of the parent's ONNX file, calibrated on training rows."""
+    """int8 of the parent's ONNX file, within the quality budget (see compression.quantize)."""
     options = ctx.options.quantize
-    with ctx.progress.step(f"{spec.name}: quantize {spec.parent} "
-                           f"({options.calibration_method}, {len(ctx.calibration)} samples)"):
-        quantize_int8(ctx.files[spec.parent], path, ctx.teacher.inputs[0].name,
-                      ctx.calibration, options)
-    recipe = {"name": "quantize_static", "params": {"source": spec.parent, **options.as_params(),
-                                                    "calibration_samples": len(ctx.calibration)}}
+    parent_file = ctx.files[spec.parent]
+    x_val = ctx.splits.x_val
+    reference = evaluate.run(evaluate.session(parent_file), x_val)
+    budget = _budget(ctx, reference)
+    reduce_range = options.resolved_reduce_range(cpu_flags())
+    what = (f"{options.calibration_method}, {len(ctx.calibration)} samples"
+            if options.mode == "static" else "dynamic")
+    with ctx.progress.step(f"{spec.name}: quantize {spec.parent} ({what})") as step:
+        result = search(parent_file, path, ctx.teacher.inputs[0].name, ctx.calibration, x_val,
+                        reference, budget, options, reduce_range, ctx.progress, spec.name)
+        step.note(f"{budget.metric} {budget.parent_value:.4f} -> {result.value:.4f} on validation, "
+                  f"budget {'met' if result.met else 'MISSED'}, fp32 nodes: "
+                  f"{', '.join(result.fp32_nodes) or 'none'}")
+    params = {"source": spec.parent, **options.as_params(),
+              "calibration_samples": len(ctx.calibration) if options.mode == "static" else None,
+              "reduce_range": reduce_range,
+              "budget": budget.as_params(), "accuracy_aware": options.accuracy_aware,
+              "budget_met": result.met, "validation_value": round(result.value, 6),
+              "fp32_nodes": result.fp32_nodes, "attempts": result.attempts,
+              "sensitivity": result.sensitivity,
+              "int8_weight_elements": evaluate.int8_weights(path),
+              "checked_on": {"runtime": f"onnxruntime {evaluate.ort.__version__} CPUExecutionProvider",
+                             "cpu": ctx.host.get("cpu"),
+                             "int8_features": ctx.host.get("int8_features", [])}}
+    if options.mode == "dynamic":
+        params.pop("calibration_samples")
+    name = "quantize_static" if options.mode == "static" else "quantize_dynamic"
+    return Made({"name": name, "params": params}, ctx.made[spec.parent].macs)
+
+
+def make_shared(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
+    """Deep Compression weight sharing of the parent's ONNX file (storage only)."""
+    options = ctx.options.share
+    source = ctx.files[spec.parent]
+    with ctx.progress.step(f"{spec.name}: share weights of {spec.parent} "
+                           f"({2 ** options.bits} values per matrix)") as step:
+        matrices = share_weights(source, path, options)
+        step.note(f"{len(matrices)} matrices, file {source.stat().st_size:,} -> "
+                  f"{path.stat().st_size:,} bytes")
+    recipe = {"name": "share_weights", "params": {
+        "source": spec.parent, **options.as_params(), "matrices": matrices,
+        "file_bytes_before": source.stat().st_size, "file_bytes_after": path.stat().st_size}}
     return Made(recipe, ctx.made[spec.parent].macs)
 
 
-# name -> spec. Chains are one line each when they are wanted, e.g.
-#   "distilled+int8": VariantSpec("distilled+int8", "distilled+int8", "distilled", make_int8)
+# name -> spec; a chain is one line (the int8 maker quantizes whatever its parent wrote).
 VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
     VariantSpec("teacher", "teacher", None, make_teacher),
-    VariantSpec("distilled", "distilled", "teacher", make_distilled),
-    VariantSpec("pruned", "pruned", "teacher", make_pruned),
+    VariantSpec("distilled", "distilled", "teacher", make_distilled, trains=True),
+    VariantSpec("pruned", "pruned", "teacher", make_pruned, trains=True),
     VariantSpec("int8", "int8", "teacher", make_int8),
+    VariantSpec("distilled+int8", "distilled+int8", "distilled", make_int8),
+    VariantSpec("pruned+int8", "pruned+int8", "pruned", make_int8),
+    VariantSpec("shared", "shared", "teacher", make_shared),
 )}
 
 
-def plan(requested: Sequence[str]) -> list[str]:
-    """Variants to build in order: the teacher first, every parent before its children."""
+def plan(requested: Sequence[str], trainable: bool = True) -> list[str]:
+    """Variants to build in order: the teacher first, every parent before its children.
+
+    Without a torch teacher (ONNX), variants that need training, or whose parent does, are refused.
+    """
     for name in requested:
         if name not in VARIANTS:
             raise UsageError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
@@ -199,4 +354,19 @@ def plan(requested: Sequence[str]) -> list[str]:
 
     for name in ["teacher", *requested]:
         visit(name)
+    if not trainable:
+        needs = [n for n in requested if any(VARIANTS[v].trains for v in _lineage(n))]
+        if needs:
+            allowed = [n for n, s in VARIANTS.items()
+                       if n != "teacher" and not any(VARIANTS[v].trains for v in _lineage(n))]
+            raise UsageError(f"variant {needs[0]!r} needs training, which an ONNX teacher does "
+                             f"not allow; variants for ONNX teachers: {', '.join(allowed)}")
     return order
+
+
+def _lineage(name: str) -> list[str]:
+    chain = []
+    while name is not None:
+        chain.append(name)
+        name = VARIANTS[name].parent
+    return chain

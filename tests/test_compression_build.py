@@ -70,7 +70,8 @@ def test_manifest_has_every_documented_key(manifest: dict) -> None:
     assert manifest["data"]["splits"] == {"train": 1077, "validation": 360, "test": 360}
     assert HOST <= manifest["host"].keys()
     assert TOOLS <= manifest["tools"].keys()
-    assert set(manifest["variants"]) == {"teacher", "distilled", "pruned", "int8"}
+    assert set(manifest["variants"]) == {"teacher", "distilled", "pruned", "int8",
+                                         "distilled+int8", "pruned+int8", "shared"}
     for name, variant in manifest["variants"].items():
         assert VARIANT <= variant.keys(), name
         assert variant["file"] == f"{name}/model.onnx"
@@ -81,7 +82,8 @@ def test_manifest_has_every_documented_key(manifest: dict) -> None:
         assert 0 < variant["latency"]["batch_1"]["p50_ms"] <= variant["latency"]["batch_1"]["p95_ms"]
         assert {"name", "params"} <= variant["recipe"].keys()
     parents = {name: v["parent"] for name, v in manifest["variants"].items()}
-    assert parents == {"teacher": None, "distilled": "teacher", "pruned": "teacher", "int8": "teacher"}
+    assert parents == {"teacher": None, "distilled": "teacher", "pruned": "teacher", "int8": "teacher",
+                       "distilled+int8": "distilled", "pruned+int8": "pruned", "shared": "teacher"}
     baseline = manifest["baselines"]["student_without_teacher"]
     assert baseline["parameters"] == manifest["variants"]["distilled"]["parameters"]
     assert "accuracy" in baseline["quality"]
@@ -100,8 +102,8 @@ def test_files_match_their_sha256_and_size(folder: Path, manifest: dict) -> None
         assert len(data) == variant["bytes"]
     # Nothing but the documented files: no staging leftovers, no external-data side files.
     names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert names == sorted(["manifest.json", "heldout.npz", "calibration.npz",
-                            *(v["file"] for v in manifest["variants"].values())])
+    assert names == sorted(["manifest.json", "heldout.npz", "calibration.npz", "report.md",
+                            "chart.png", *(v["file"] for v in manifest["variants"].values())])
     assert [p.name for p in folder.parent.iterdir()] == ["digits"]
 
 
@@ -163,7 +165,7 @@ def test_stored_figures_recomputed_with_onnxruntime(folder: Path, manifest: dict
     x, y = held["x"], held["y"]
     assert x.dtype == np.float32 and x.shape == (360, 64) and 0 <= x.min() and x.max() <= 1
     teacher_top1 = None
-    for name in ("teacher", "distilled", "pruned", "int8"):
+    for name in manifest["variants"]:
         variant = manifest["variants"][name]
         sess = session(folder / variant["file"])
         assert [i.name for i in sess.get_inputs()] == ["input"]
@@ -194,7 +196,7 @@ def test_user_sees_table_and_manifest_path(built: tuple[Path, subprocess.Complet
     assert stdout[-1] == str(folder / "manifest.json")
     table = "\n".join(stdout)
     for word in ("variant", "accuracy", "agreement", "teacher", "distilled", "pruned", "int8",
-                 "student_without_teacher"):
+                 "distilled+int8", "pruned+int8", "shared", "student_without_teacher"):
         assert word in table
     assert "teacher: train" in built[1].stderr  # progress went to stderr
 
@@ -212,3 +214,58 @@ def test_rebuild_replaces_the_folder_atomically(tmp_path: Path, folder: Path) ->
     assert sorted(p.name for p in out.iterdir()) == ["digits"]
     assert not (old / "stale.txt").exists()
     assert set(json.loads((old / "manifest.json").read_text())["variants"]) == {"teacher", "int8"}
+
+
+def test_distilled_int8_is_5x_smaller_within_the_budget(manifest: dict) -> None:
+    """The issue's acceptance line: distilled+int8 ≥ 5× smaller than the teacher, ≤ 1.5 points."""
+    v = manifest["variants"]
+    chain = v["distilled+int8"]
+    assert v["teacher"]["bytes"] >= 5 * chain["bytes"]
+    assert v["teacher"]["quality"]["accuracy"] - chain["quality"]["accuracy"] <= 0.015
+    params = chain["recipe"]["params"]
+    assert params["source"] == "distilled" and params["budget_met"] is True
+    assert chain["parameters"] == v["distilled"]["parameters"]
+
+
+def test_int8_recipes_record_budget_fp32_nodes_and_cpu(manifest: dict) -> None:
+    for name in ("int8", "distilled+int8", "pruned+int8"):
+        params = manifest["variants"][name]["recipe"]["params"]
+        assert params["mode"] == "static" and params["per_channel"] is True
+        assert params["calibration_method"] == "minmax" and params["calibration_samples"] == 256
+        assert params["budget"]["metric"] == "accuracy" and params["budget"]["max_drop_points"] == 1.0
+        assert params["budget"]["split"] == "validation"
+        assert isinstance(params["fp32_nodes"], list)
+        assert params["attempts"][-1]["met"] == params["budget_met"] is True
+        assert params["checked_on"]["int8_features"] == manifest["host"]["int8_features"]
+        assert params["checked_on"]["runtime"].startswith("onnxruntime")
+
+
+def test_shared_is_smaller_on_disk_and_says_storage_only(folder: Path, manifest: dict) -> None:
+    v = manifest["variants"]
+    shared = v["shared"]
+    assert shared["bytes"] <= 0.15 * v["teacher"]["bytes"]  # 4-bit indices of fp32 matrices
+    assert shared["parameters"] == v["teacher"]["parameters"] and shared["macs"] == v["teacher"]["macs"]
+    assert v["teacher"]["quality"]["accuracy"] - shared["quality"]["accuracy"] <= 0.01
+    params = shared["recipe"]["params"]
+    assert params["bits"] == 4 and "storage only" in params["saves"]
+    assert params["file_bytes_after"] == shared["bytes"]
+    types = {t.name: t.data_type for t in onnx.load(str(folder / shared["file"])).graph.initializer}
+    assert types["fc2.weight__shared_indices"] == onnx.TensorProto.UINT8
+    assert "fc2.weight" not in types  # the fp32 matrix is really gone from the file
+    assert "storage only" in (folder / "report.md").read_text()
+
+
+def test_pruned_recipe_reports_macs_and_latency_before_and_after(manifest: dict) -> None:
+    v = manifest["variants"]
+    params = v["pruned"]["recipe"]["params"]
+    assert params["macs_before"] == v["teacher"]["macs"] and params["macs_after"] == v["pruned"]["macs"]
+    assert params["latency_before"]["batch_1_p50_ms"] == v["teacher"]["latency"]["batch_1"]["p50_ms"]
+    assert params["latency_after"]["batch_1_p50_ms"] == v["pruned"]["latency"]["batch_1"]["p50_ms"]
+
+
+def test_report_and_chart(folder: Path, manifest: dict) -> None:
+    report = (folder / "report.md").read_text()
+    for name in manifest["variants"]:
+        assert f"| {name} |" in report
+    assert "](chart.png)" in report
+    assert (folder / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -73,7 +73,11 @@ def test_help_documents_every_flag() -> None:
     for flag in ("--teacher", "--data", "--name", "--variants", "--out", "--seed", "--threads",
                  "--kd-temperature", "--kd-alpha", "--student-hidden", "--prune-ratio",
                  "--prune-finetune-epochs", "--int8-calibration-samples",
-                 "--int8-calibration-method", "--int8-per-channel", "--no-int8-per-channel"):
+                 "--int8-calibration-method", "--int8-per-channel", "--no-int8-per-channel",
+                 "--weights", "--task", "--input-name", "--output-name", "--distill-loss",
+                 "--student", "--student-width", "--distill-patience", "--prune-steps",
+                 "--prune-importance", "--int8-mode", "--int8-max-drop", "--int8-min-fidelity",
+                 "--int8-accuracy-aware", "--int8-reduce-range", "--shared-bits", "torchrun"):
         assert flag in result.stdout
 
 

@@ -54,3 +54,23 @@ def test_alpha_zero_is_plain_cross_entropy() -> None:
     y = torch.tensor([1, 2, 3, 4])
     assert kd_loss(s, t, y, 4.0, 0.0).item() == pytest.approx(
         torch.nn.functional.cross_entropy(s, y).item(), rel=1e-6)
+
+
+def test_without_labels_only_the_soft_term_remains() -> None:
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    soft = kd_loss(s, t, None, 3.0, 0.2).item()
+    assert soft == pytest.approx(kd_loss(s, t, torch.zeros(4, dtype=torch.long), 3.0, 1.0).item())
+
+
+def test_feature_losses_match_their_formulas() -> None:
+    from compression.distill import feature_loss
+
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    assert feature_loss(s, t, "mse").item() == pytest.approx((1 + 0 + 1 + 4) / 4)
+    # cos = 1 for the first row, 0 for the second: mean(1 - cos) = 0.5
+    assert feature_loss(s, t, "cosine").item() == pytest.approx(0.5)
+    x = torch.randn(3, 4, 5)
+    assert feature_loss(x, 2 * x, "cosine").item() == pytest.approx(0.0, abs=1e-6)  # direction only
+    with pytest.raises(ValueError):
+        feature_loss(s, t, "l1")
