@@ -50,7 +50,7 @@ __all__ = ["BUILTIN_MODULES", "BUILTIN_TEACHERS", "FILE_TEACHERS", "TASKS", "Tea
 
 TASKS = ("classification", "embedding")
 # Modules imported before `--teacher` is resolved, so their `register_teacher` calls have run.
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = ["compression.minilm.register"]
 
 
 @dataclass(frozen=True)
