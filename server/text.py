@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
+# The tokenizers library encodes batches on its own Rust thread pool, whose spinning threads compete
+# with ONNX Runtime for the same cores; the server's batches are small, so encode them in the caller.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer  # noqa: E402  (after the environment is set)
 
 from server.errors import InvalidInput, RepositoryError
 
