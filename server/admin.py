@@ -10,7 +10,7 @@ import grpc
 
 from protos import compression_pb2 as cpb
 from protos import compression_pb2_grpc as cpb_grpc
-from server.errors import InvalidInput
+from server.errors import SlimserveError
 from server.jobs import Job, JobManager
 from server.manifest_io import update_manifest
 from server.registry import LoadedModel, Registry
@@ -82,11 +82,8 @@ class CompressionServicer(cpb_grpc.CompressionServiceServicer):
     async def WatchJob(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             job = self.jobs.get(request.id)
-        except InvalidInput as exc:  # pragma: no cover - get raises NotFound
+        except SlimserveError as exc:  # streaming handlers cannot use the unary error wrapper
             await context.abort(exc.code, exc.message)
-            return
-        except Exception as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             return
         while True:
             waiter = job.changed

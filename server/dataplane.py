@@ -58,7 +58,7 @@ def _validate_inputs(spec: ModelSpec, inputs: dict[str, np.ndarray], max_batch_s
 
 
 class DataPlane:
-    """What every transport (gRPC today) calls: `infer` and the read-only model queries."""
+    """What every transport (gRPC today) calls for inference; metadata queries read the registry directly."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
