@@ -1,4 +1,4 @@
-"""In-process ONNX Runtime speed of every variant of the `minilm` embedding model.
+"""Speed of every variant of the `minilm` embedding model: ONNX Runtime in-process, and through the server.
 
 Build the model first (`python -m compression.minilm.build --out model_repository`), then:
 
@@ -12,6 +12,10 @@ each length. Sessions use the server's options (intra-op threads as given, 1 int
 sequential, all graph optimisations, no spinning), and the variants are interleaved run by run so
 that load from other processes falls on all of them alike. The model files are checked against
 the manifest's sha256 first.
+
+With `--server`, the same inputs (token ids, so the lengths are exact) are then sent through a fresh
+`python -m server` (loopback, `--intra-op-threads` = `--threads`, 1 request at a time, tritonclient)
+and a second table prints the same cases end to end, with the difference to in-process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs for batch 1 x 16 tokens, 1 x 128, 32 x 128, 32 x 16 "
                              "(default 200,60,12,60)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--server", action="store_true", help="also measure the same cases through the server")
     args = parser.parse_args(argv)
 
     folder = args.repository / args.model
@@ -85,10 +91,58 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{c['sentences_per_s']:.1f}")
             cells.append(f"{teacher[case]['p50_ms'] / c['p50_ms']:.2f}x" if teacher else "-")
         print("| " + " | ".join(cells) + " |")
+    served = _through_server(args, feeds, list(paths)) if args.server else {}
+    if served:
+        print(f"\n# {args.model}: through `python -m server` (tritonclient.grpc, concurrency 1, token-id inputs, "
+              f"--intra-op-threads {args.threads}); p50 / p95 ms, and p50 minus in-process p50")
+        header = ["variant"] + [f"b{b} x {t} tok p50 / p95 ms (+ms)" for b, t in LATENCY_CASES.values()]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for name, cases in served.items():
+            cells = [name] + [f"{c['p50_ms']:.2f} / {c['p95_ms']:.2f} (+{c['p50_ms'] - timings[name][k]['p50_ms']:.2f})"
+                              for k, c in cases.items()]
+            print("| " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "cpu": cpu_model(),
-                                         "int8_features": int8_features(), "variants": timings}, indent=2))
+                                         "int8_features": int8_features(), "variants": timings,
+                                         "server": served}, indent=2))
     return 0
+
+
+def _through_server(args: argparse.Namespace, feeds: dict, variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Per variant and case: p50/p95 ms of the same inputs sent one at a time through a real server."""
+    import time
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tritonclient.grpc as triton
+    from server_process import start_server
+
+    server = start_server(args.repository, "--intra-op-threads", str(args.threads), "--log-level", "WARNING",
+                          timeout=300)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        client = triton.InferenceServerClient(server.url)
+        for name in variants:
+            out[name] = {}
+            for case, feed in feeds.items():
+                inputs = []
+                for key, array in feed.items():
+                    tensor = triton.InferInput(key, list(array.shape), "INT64")
+                    tensor.set_data_from_numpy(array)
+                    inputs.append(tensor)
+                for _ in range(3):
+                    client.infer(args.model, inputs, model_version=name)
+                times = []
+                for _ in range(args.runs[case]):
+                    began = time.perf_counter()
+                    client.infer(args.model, inputs, model_version=name)
+                    times.append((time.perf_counter() - began) * 1e3)
+                p50, p95 = np.percentile(times, [50, 95])
+                out[name][case] = {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
+                                   "runs": args.runs[case]}
+    finally:
+        server.stop()
+    return out
 
 
 if __name__ == "__main__":
