@@ -31,8 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compression.minilm.measure import (DEFAULT_RUNS, LATENCY_CASES, cpu_model,  # noqa: E402
-                                        int8_features, latency_feeds, measure_latency, sha256_of)
+from compression.host import cpu_model, int8_features  # noqa: E402
+from compression.manifest import sha256_file  # noqa: E402
+from compression.minilm.measure import DEFAULT_RUNS, LATENCY_CASES, latency_feeds, measure_latency  # noqa: E402
 
 __all__ = ["main"]
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = {}
     for name, variant in manifest["variants"].items():
         path = folder / variant["file"]
-        if sha256_of(path) != variant["sha256"]:
+        if sha256_file(path) != variant["sha256"]:
             print(f"error: {path} does not match its sha256 in the manifest", file=sys.stderr)
             return 1
         paths[name] = path

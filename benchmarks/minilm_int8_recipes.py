@@ -32,7 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compression.minilm.measure import (LATENCY_CASES, cpu_model, embed, latency_feeds,  # noqa: E402
+from compression.host import cpu_model  # noqa: E402
+from compression.minilm.measure import (LATENCY_CASES, embed, latency_feeds,  # noqa: E402
                                         measure_latency, quality, session)
 
 __all__ = ["main"]

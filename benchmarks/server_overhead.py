@@ -35,6 +35,7 @@ import tritonclient.grpc as triton  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype  # noqa: E402
 
 from clients.errors import MetricsError  # noqa: E402
+from compression.host import cpu_model  # noqa: E402
 from clients.metrics import MetricsSnapshot, fetch_metrics  # noqa: E402
 from clients.report import fmt, percentiles, table  # noqa: E402
 from server_process import ServerProcess, start_server  # noqa: E402
@@ -159,16 +160,6 @@ def through_server(server: ServerProcess, model: str, variants: Sequence[str], i
         print(f"  server     {variant:<12} p50 {r.p50:.3f} ms  p95 {r.p95:.3f} ms  ({len(r.latencies_ms)} requests, "
               f"client CPU {r.cpu_ms_per_request:.3f} ms/request)", flush=True)
     client.close()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

