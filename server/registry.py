@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -185,10 +186,10 @@ class Registry:
             if str(session.path) in figures:
                 session.stats = dataclasses.replace(session.stats, memory_bytes=int(figures[str(session.path)]))
 
-    def signature(self, name: str) -> tuple:
-        """What on disk decides whether a model must be reloaded: its variant files and their sha256."""
-        spec = self.repository.load_spec(name)
-        return tuple(sorted((v.name, str(v.path), v.sha256) for v in spec.variants.values()))
+    @staticmethod
+    def signature(variants: Iterable[VariantSpec]) -> tuple:
+        """What decides whether a model must be reloaded: its variant files and their sha256."""
+        return tuple(sorted((v.name, str(v.path), v.sha256) for v in variants))
 
     async def poll(self) -> None:
         """One pass of the repository poll: load new or changed models, unload removed ones."""
@@ -204,8 +205,8 @@ class Registry:
                     if self.states.get(name, ("",))[0] != "UNAVAILABLE" or self.states[name][1] != "unloaded":
                         await self.load(name)
                     continue
-                current = tuple(sorted((v.spec.name, str(v.spec.path), v.spec.sha256) for v in model.variants.values()))
-                if self.signature(name) != current:
+                on_disk = self.repository.load_spec(name).variants.values()
+                if self.signature(on_disk) != self.signature(v.spec for v in model.variants.values()):
                     log.info("repository poll: %s changed on disk, reloading", name)
                     await self.load(name)
             except SlimserveError as exc:
