@@ -12,7 +12,7 @@ from typing import Any
 
 from compression.errors import UsageError
 
-__all__ = ["is_factory_ref", "load_callable"]
+__all__ = ["is_factory_ref", "load_callable", "make_module"]
 
 _REF = re.compile(r"^(?P<module>[A-Za-z_][\w.]*|[^:]+\.py):(?P<attr>[A-Za-z_][\w.]*)$")
 
@@ -61,3 +61,19 @@ def load_callable(ref: str, what: str) -> Callable[..., Any]:
     if not callable(target):
         raise UsageError(f"{what} {ref!r}: {attr!r} is not callable")
     return target
+
+
+def make_module(make: Callable[[], Any], ref: str, what: str) -> Any:
+    """Call the factory `make` (loaded from `ref`) and check it returned an nn.Module; any failure
+    becomes a one-line UsageError about `what`."""
+    from torch import nn
+
+    try:
+        module = make()
+    except Exception as error:
+        text = str(error).strip()
+        raise UsageError(f"{what} {ref} failed: {type(error).__name__}: "
+                         f"{text.splitlines()[0] if text else ''}") from error
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"{what} {ref} returned {type(module).__name__}, not an nn.Module")
+    return module

@@ -17,7 +17,7 @@ from torch import nn
 
 from compression.data import Splits
 from compression.errors import UsageError
-from compression.factory import load_callable
+from compression.factory import load_callable, make_module
 from compression.manifest import TensorSpec, sha256_file
 from compression.progress import Progress
 from compression.teachers import Teacher, TeacherOptions, TeacherSource
@@ -193,12 +193,7 @@ def factory(ref: str, weights: Path | None) -> TeacherSource:
     state = _read_weights(weights) if weights is not None else None
 
     def load(splits: Splits, options: TeacherOptions, progress: Progress) -> Teacher:
-        try:
-            module = make()
-        except Exception as error:
-            raise UsageError(f"teacher factory {ref} failed: {_first_line(error)}") from error
-        if not isinstance(module, nn.Module):
-            raise UsageError(f"teacher factory {ref} returned {type(module).__name__}, not an nn.Module")
+        module = make_module(make, ref, "teacher factory")
         if state is not None:
             try:
                 result = module.load_state_dict(state, strict=False)

@@ -18,7 +18,7 @@ from compression.data import Splits
 from compression.distill import DistillOptions, distill, feature_loss, kd_loss
 from compression.errors import UsageError
 from compression.export import export_onnx
-from compression.factory import load_callable
+from compression.factory import load_callable, make_module
 from compression.host import cpu_flags
 from compression.progress import Progress
 from compression.prune import PruneOptions, count_macs_params, narrow, output_layers, prune
@@ -130,13 +130,8 @@ def _student(ctx: BuildContext, teacher: nn.Module) -> tuple[nn.Module, dict[str
     options = ctx.options
     seed_everything(options.distill.train.seed)
     if options.student:
-        make = load_callable(options.student, "student factory")
-        try:
-            student = make()
-        except Exception as error:
-            raise UsageError(f"student factory {options.student} failed: {error}") from error
-        if not isinstance(student, nn.Module):
-            raise UsageError(f"student factory {options.student} did not return an nn.Module")
+        student = make_module(load_callable(options.student, "student factory"), options.student,
+                              "student factory")
         about: dict[str, Any] = {"source": "factory", "factory": options.student}
     elif ctx.teacher.make_student is not None:
         student = ctx.teacher.make_student(options.student_width, options.student_hidden)
