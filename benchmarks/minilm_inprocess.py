@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=_runs, default=dict(DEFAULT_RUNS),
                         help="timed runs for batch 1 x 16 tokens, 1 x 128, 32 x 128, 32 x 16 "
                              "(default 200,60,12,60)")
+    parser.add_argument("--max-tokens-per-run", type=int, default=1024,
+                        help="also time batch 32 x 128 in slices of at most this many tokens, as the server "
+                             "runs it (the server's default; 0 = skip)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--server", action="store_true", help="also measure the same cases through the server")
     args = parser.parse_args(argv)
@@ -74,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     feeds = latency_feeds(heldout["input_ids"], heldout["attention_mask"])
 
     timings = measure_latency(paths, feeds, args.runs, threads=args.threads)
+    # The large batch again, run as the server runs it: slices of at most --max-tokens-per-run tokens.
+    sliced = measure_latency(paths, {"batch_32": feeds["batch_32"]}, args.runs, threads=args.threads,
+                             max_tokens_per_run=args.max_tokens_per_run) if args.max_tokens_per_run else {}
 
     print(f"# {args.model}: in-process ONNX Runtime, {args.threads} intra-op thread(s), 1 inter-op, "
           f"CPU {cpu_model()} ({', '.join(int8_features())})")
@@ -92,6 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{c['sentences_per_s']:.1f}")
             cells.append(f"{teacher[case]['p50_ms'] / c['p50_ms']:.2f}x" if teacher else "-")
         print("| " + " | ".join(cells) + " |")
+    if sliced:
+        rows = next(iter(sliced.values()))["batch_32"].get("rows_per_run", 32)
+        print(f"\n# b32 x 128 tok as the server runs it (--max-tokens-per-run {args.max_tokens_per_run}: "
+              f"{rows} rows per ONNX Runtime run)")
+        print("| variant | p50 / p95 ms | sentences/s | speed-up | vs one run of 32 |")
+        print("|---|---|---|---|---|")
+        for name, t in sliced.items():
+            c, whole = t["batch_32"], timings[name]["batch_32"]
+            speedup = f"{sliced['teacher']['batch_32']['p50_ms'] / c['p50_ms']:.2f}x" if "teacher" in sliced else "-"
+            print(f"| {name} | {c['p50_ms']:.2f} / {c['p95_ms']:.2f} | {c['sentences_per_s']:.1f} | {speedup} | "
+                  f"{whole['p50_ms'] / c['p50_ms']:.2f}x faster |")
     served = _through_server(args, feeds, list(paths)) if args.server else {}
     if served:
         print(f"\n# {args.model}: through `python -m server` (tritonclient.grpc, concurrency 1, token-id inputs, "
@@ -105,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             print("| " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "cpu": cpu_model(),
-                                         "int8_features": int8_features(), "variants": timings,
+                                         "int8_features": int8_features(), "variants": timings, "sliced": sliced,
                                          "server": served}, indent=2))
     return 0
 
@@ -118,7 +135,8 @@ def _through_server(args: argparse.Namespace, feeds: dict, variants: list[str]) 
     import tritonclient.grpc as triton
     from server_process import start_server
 
-    server = start_server(args.repository, "--intra-op-threads", str(args.threads), "--log-level", "WARNING",
+    server = start_server(args.repository, "--intra-op-threads", str(args.threads), "--max-tokens-per-run",
+                          str(args.max_tokens_per_run), "--log-level", "WARNING",
                           timeout=300)
     out: dict[str, dict[str, Any]] = {}
     try:

@@ -39,6 +39,7 @@ from compression.host import cpu_model  # noqa: E402
 from clients.metrics import MetricsSnapshot, fetch_metrics  # noqa: E402
 from clients.report import fmt, percentiles, table  # noqa: E402
 from server_process import ServerProcess, start_server  # noqa: E402
+from server.session_options import open_session  # noqa: E402
 
 __all__ = ["main"]
 
@@ -94,13 +95,7 @@ def timed_loop(call: Callable[[], Any], requests: int, max_seconds: float, warmu
 
 def session(path: Path) -> ort.InferenceSession:
     """The same options as the server's `Session` with `--intra-op-threads 1`."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return open_session(path, 1)
 
 
 def sample_inputs(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:

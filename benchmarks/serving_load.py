@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from server_process import start_server  # noqa: E402
+from server.session_options import open_session  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over the lazy dog while a small bird sings in the old oak tree near the "
          "river and children play happily in the warm afternoon sun").split()
@@ -60,11 +60,7 @@ def inprocess_feeds(folder: Path, manifest: dict[str, Any], rows: int, tokens: i
 
 def inprocess_throughput(path: Path, feeds: dict[str, np.ndarray], threads: int, seconds: float) -> float:
     """Rows per second with `threads` threads each running the session on `feeds` (1 intra-op thread)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(path, 1)
     for _ in range(5):
         session.run(None, feeds)
     rows = next(iter(feeds.values())).shape[0]
@@ -86,9 +82,7 @@ def inprocess_throughput(path: Path, feeds: dict[str, np.ndarray], threads: int,
 
 
 def inprocess_latency(path: Path, feeds: dict[str, np.ndarray], runs: int = 300) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(path, 1)
     for _ in range(10):
         session.run(None, feeds)
     times = []

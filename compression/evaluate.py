@@ -10,6 +10,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from server.session_options import open_session
+
 __all__ = ["SHARED_SUFFIXES", "classification_quality", "embedding_quality", "int8_weights",
            "latency", "onnx_macs", "onnx_parameters", "quality", "run", "session"]
 
@@ -23,12 +25,7 @@ FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
 def session(path: Path, threads: int = 1) -> ort.InferenceSession:
     """A CPU session pinned to `threads` intra-op threads and one inter-op thread, as the
     server runs it, so build-time figures mean what they will mean when served."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, threads)
 
 
 def run(sess: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from server.session_options import open_session
 from server.shadow import agreement
 
 __all__ = ["RECIPES", "main"]
@@ -61,12 +62,6 @@ class _Reader(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
@@ -126,8 +121,8 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
     heldout_path = folder / manifest.get("data", {}).get("heldout_file", "heldout.npz")
     feeds = _feeds_from_npz(heldout_path, input_names)
     teacher_file = folder / variants["teacher"]["file"] if "teacher" in variants else source
-    new_out = _run_all(_session(target), feeds)
-    teacher_out = _run_all(_session(teacher_file), feeds)
+    new_out = _run_all(open_session(target), feeds)
+    teacher_out = _run_all(open_session(teacher_file), feeds)
     total, rows = agreement(manifest.get("task", "classification"), new_out, teacher_out)
     quality: dict[str, float] = {}
     if manifest.get("task", "classification") == "classification":
@@ -139,7 +134,7 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
         quality["cosine_mean"] = total / rows
     _step("measuring latency")
     latency = {"threads": 1, "cpu": platform.processor() or platform.machine(),
-               "batch_1": _latency(_session(target), feeds)}
+               "batch_1": _latency(open_session(target), feeds)}
     data = target.read_bytes()
     parameters = variants[parent].get("parameters", 0)
     return {

@@ -119,7 +119,7 @@ class Registry:
         if self.settings.verify_sha256:
             Repository.verify(variant, model.name)
         self.repository.check_external_data(variant)
-        return Session(variant.path, self.settings.intra_op_threads)
+        return Session(variant.path, self.settings.intra_op_threads, self.settings.max_tokens_per_run)
 
     async def load(self, name: str) -> LoadedModel:
         """(Re)load a model. New or changed variants are loaded beside the serving ones and swapped in

@@ -15,8 +15,9 @@ import onnxruntime as ort
 import psutil
 
 from server.errors import RepositoryError
+from server.session_options import open_session
 
-__all__ = ["Session", "SessionStats", "ORT_TO_NUMPY", "prime_onnxruntime"]
+__all__ = ["Session", "SessionStats", "ORT_TO_NUMPY", "prime_onnxruntime", "rows_per_run", "run_in_slices"]
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +90,14 @@ class Session:
     measured in a fresh process (server/memprobe.py), which heap reuse cannot distort.
     """
 
-    def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
+    def __init__(self, path: Path, intra_op_threads: int = 1, max_tokens_per_run: int = 0) -> None:
         self.path = path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Workers already run sessions in parallel; spinning threads would steal their cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.max_tokens_per_run = max_tokens_per_run
         process = psutil.Process()
         before = _settled_rss(process)
         started = time.perf_counter()
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            self._session = open_session(path, intra_op_threads)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean "unusable file"
             raise RepositoryError(f"{path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from None
         self.input_dtypes: dict[str, np.dtype] = {}
@@ -112,6 +107,7 @@ class Session:
             self.input_dtypes[i.name] = ORT_TO_NUMPY[i.type]
         self.input_shapes = {i.name: i.shape for i in self._session.get_inputs()}
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self._sliceable = _has_sequence_axis(self._session)
         self._warm_up()
         load_seconds = time.perf_counter() - started
         after = _settled_rss(process)
@@ -129,5 +125,41 @@ class Session:
             log.warning("warm-up of %s failed: %s", self.path, str(exc).splitlines()[0])
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> list[np.ndarray]:
-        """Run the model; `outputs` = None returns every output in the model's order."""
-        return self._session.run(outputs, dict(feeds))
+        """Run the model; `outputs` = None returns every output in the model's order. A batch of token
+        sequences over `max_tokens_per_run` tokens runs as consecutive slices of rows (see rows_per_run)."""
+        rows = rows_per_run(feeds, self.max_tokens_per_run) if self._sliceable else None
+        return run_in_slices(self._session, feeds, rows, outputs)
+
+
+def _has_sequence_axis(session: ort.InferenceSession) -> bool:
+    """True for a token model: every input is [batch, sequence] and every output starts with the batch
+    axis (both dynamic), so rows can run apart and their outputs be concatenated."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    return (all(len(i.shape) == 2 and not isinstance(i.shape[0], int) and not isinstance(i.shape[1], int)
+                for i in inputs)
+            and all(len(o.shape) >= 1 and not isinstance(o.shape[0], int) for o in outputs))
+
+
+def rows_per_run(feeds: Mapping[str, np.ndarray], max_tokens_per_run: int) -> int | None:
+    """How many rows of a [batch, sequence] batch to run at once so one run holds at most
+    `max_tokens_per_run` tokens (at least one row); None when the batch fits or the budget is 0.
+
+    Why: a transformer's activations grow with batch x sequence; past about a thousand tokens they
+    leave the CPU caches and every row gets slower (MiniLM int8, 128 tokens: 10.0 ms per row at batch
+    32, 7.4 at batch 8, 8.4 at batch 1; benchmarks/minilm_inprocess.py)."""
+    if max_tokens_per_run <= 0:
+        return None
+    batch, tokens = next(iter(feeds.values())).shape[:2]
+    if batch * tokens <= max_tokens_per_run or batch == 1:
+        return None
+    return max(1, max_tokens_per_run // max(tokens, 1))
+
+
+def run_in_slices(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], rows: int | None,
+                  outputs: list[str] | None = None) -> list[np.ndarray]:
+    """`session.run` on all of `feeds`, or on `rows` rows at a time with the outputs concatenated."""
+    if rows is None:
+        return session.run(outputs, dict(feeds))
+    batch = next(iter(feeds.values())).shape[0]
+    parts = [session.run(outputs, {k: v[i:i + rows] for k, v in feeds.items()}) for i in range(0, batch, rows)]
+    return [np.concatenate(column) for column in zip(*parts)]

@@ -41,6 +41,11 @@ class Settings:
         metadata={"help": "ONNX Runtime intra-op threads per session; workers x this should not exceed the cores"},
     )
     max_batch_size: int = field(default=64, metadata={"help": "largest batch a request (or a merged batch) may have"})
+    max_tokens_per_run: int = field(
+        default=1024,
+        metadata={"help": "token models: run a batch as slices of at most this many tokens, which keeps a "
+                          "transformer's activations in the CPU caches (0 = one run per batch)"},
+    )
     batching: bool = field(
         default=True, metadata={"help": "merge queued requests of a variant into one run (dynamic batching)"}
     )
@@ -137,6 +142,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("--workers must be at least 1")
     if s.intra_op_threads < 0:
         raise SettingsError("--intra-op-threads must be 0 (ONNX Runtime decides) or more")
+    if s.max_tokens_per_run < 0:
+        raise SettingsError("--max-tokens-per-run must be 0 (off) or more")
     if s.max_batch_size < 1 or s.max_queue_size < 1 or s.max_elements < 1:
         raise SettingsError("--max-batch-size, --max-queue-size and --max-elements must be at least 1")
     if (s.tls_cert is None) != (s.tls_key is None):

@@ -98,3 +98,23 @@ def test_client_cli_sends_text(text_server, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "teacher" in done.stdout and "1.0000" in done.stdout  # the teacher's cosine to itself
+
+
+def test_batches_over_the_token_budget_run_in_slices(tmp_path: Path) -> None:
+    """--max-tokens-per-run splits a long batch into runs of fewer rows; every row still gets its own
+    embedding, in order."""
+    from server.runtime import rows_per_run
+
+    folder = write_text_repository(tmp_path)
+    sentences = ["the cat sat on the mat", "a big red dog ran fast", "house", "the slow dog",
+                 "a small blue tree", "red house near the mat", "cat"]
+    expected, feeds = _reference(folder, sentences)
+    tokens = feeds["input_ids"].shape[1]
+    assert rows_per_run(feeds, 2 * tokens) == 2  # 7 rows run as 2 + 2 + 2 + 1
+    assert rows_per_run(feeds, 0) is None and rows_per_run(feeds, 7 * tokens) is None
+    server = start_server(tmp_path, "--max-tokens-per-run", str(2 * tokens))
+    try:
+        got = triton.InferenceServerClient(server.url).infer("words", [_text_input(sentences)]).as_numpy("embedding")
+    finally:
+        server.stop()
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -22,6 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 from compression.host import cpu_model
+from server.runtime import rows_per_run, run_in_slices
+from server.session_options import open_session
 
 __all__ = ["DEFAULT_RUNS", "LATENCY_CASES", "THREADS", "embed", "encoder_macs", "latency_feeds",
            "measure_latency", "quality", "session"]
@@ -35,13 +37,7 @@ DEFAULT_RUNS = {"batch_1": 200, "batch_1_long": 60, "batch_32": 12, "batch_32_sh
 
 def session(path: Path, threads: int = THREADS) -> ort.InferenceSession:
     """A CPU session with the server's options."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, threads)
 
 
 def embed(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -91,27 +87,31 @@ def latency_feeds(ids: np.ndarray, mask: np.ndarray) -> dict[str, dict[str, np.n
 
 
 def measure_latency(paths: Mapping[str, Path], feeds: Mapping[str, Mapping[str, np.ndarray]],
-                    runs: Mapping[str, int] | None = None, threads: int = THREADS
-                    ) -> dict[str, dict[str, Any]]:
-    """p50/p95 ms per variant and case, interleaving variants within each run."""
+                    runs: Mapping[str, int] | None = None, threads: int = THREADS,
+                    max_tokens_per_run: int = 0) -> dict[str, dict[str, Any]]:
+    """p50/p95 ms per variant and case, interleaving variants within each run. With
+    `max_tokens_per_run`, batches run in slices of rows as the server runs them (server.runtime)."""
     runs = {**DEFAULT_RUNS, **(runs or {})}
     sessions = {name: session(path, threads) for name, path in paths.items()}
     result: dict[str, dict[str, Any]] = {name: {"threads": threads, "cpu": cpu_model()} for name in paths}
     for case, feed in feeds.items():
         batch, tokens = LATENCY_CASES[case]
+        rows = rows_per_run(feed, max_tokens_per_run)
         times: dict[str, list[float]] = {name: [] for name in sessions}
         for sess in sessions.values():  # warm-up: first runs allocate and pick kernels
             for _ in range(2 if batch > 1 else 10):
-                sess.run(None, dict(feed))
+                run_in_slices(sess, feed, rows)
         for _ in range(runs[case]):
             for name, sess in sessions.items():
                 began = time.perf_counter()
-                sess.run(None, dict(feed))
+                run_in_slices(sess, feed, rows)
                 times[name].append((time.perf_counter() - began) * 1e3)
         for name, t in times.items():
             p50, p95 = np.percentile(t, [50, 95])
             entry = {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
                      "runs": runs[case], "tokens": tokens}
+            if rows is not None:
+                entry["rows_per_run"] = rows
             if batch > 1:
                 entry["sentences_per_s"] = round(batch * 1e3 / float(p50), 1)
             result[name][case] = entry
