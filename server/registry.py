@@ -247,6 +247,7 @@ class Registry:
             batching=batchable and self.settings.batching,
             on_batch=on_batch,
             pad_values=pad_values,
+            inline_below_us=self.settings.inline_compute_us,
         )
         batcher.start()
         return LoadedVariant(vspec, session, batcher, metrics, stats)

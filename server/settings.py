@@ -46,6 +46,11 @@ class Settings:
         metadata={"help": "token models: run a batch as slices of at most this many tokens, which keeps a "
                           "transformer's activations in the CPU caches (0 = one run per batch)"},
     )
+    inline_compute_us: int = field(
+        default=100,
+        metadata={"help": "a variant whose runs average under this many microseconds runs on the event loop "
+                          "when the server is idle, skipping the hop to a worker thread (0 = never)"},
+    )
     batching: bool = field(
         default=True, metadata={"help": "merge queued requests of a variant into one run (dynamic batching)"}
     )
@@ -142,6 +147,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("--workers must be at least 1")
     if s.intra_op_threads < 0:
         raise SettingsError("--intra-op-threads must be 0 (ONNX Runtime decides) or more")
+    if s.inline_compute_us < 0:
+        raise SettingsError("--inline-compute-us must be 0 (off) or more")
     if s.max_tokens_per_run < 0:
         raise SettingsError("--max-tokens-per-run must be 0 (off) or more")
     if s.max_batch_size < 1 or s.max_queue_size < 1 or s.max_elements < 1:

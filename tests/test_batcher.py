@@ -139,3 +139,31 @@ def test_text_requests_of_different_lengths_share_a_padded_run(tmp_path: Path) -
     for request, (outputs, _) in zip(requests, asyncio.run(scenario())):
         np.testing.assert_allclose(outputs[0], session.run(request)[0], atol=1e-6)
     assert batches == [1, 3], batches
+
+
+def test_short_runs_on_an_idle_server_skip_the_worker_thread(session: Session) -> None:
+    """With `inline_below_us`, once a variant's runs are known to be short, a request that finds the
+    batcher idle runs on the event loop's own thread; longer runs still go to the executor."""
+    threads: list[str] = []
+
+    def run(feeds: dict) -> list:
+        threads.append(threading.current_thread().name)
+        return session.run(feeds)
+
+    async def scenario(inline_us: int) -> list:
+        threads.clear()
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            batcher = Batcher(run, pool, concurrency=1, max_batch_size=64, max_queue_size=64,
+                              inline_below_us=inline_us)
+            x = np.ones((2, FEATURES), np.float32)
+            outputs = [(await batcher.submit({"input": x}))[0][0] for _ in range(3)]
+            await batcher.close()
+            return outputs
+
+    x = np.ones((2, FEATURES), np.float32)
+    for out in asyncio.run(scenario(1_000_000)):
+        np.testing.assert_array_equal(out, session.run({"input": x})[0])
+    # The first run measures the variant (on a worker); the next ones are known to be short.
+    assert threads[0].startswith("worker") and threads[1:] == ["MainThread", "MainThread"], threads
+    asyncio.run(scenario(0))
+    assert all(t.startswith("worker") for t in threads), threads
