@@ -130,7 +130,9 @@ class Batcher:
             enqueued = time.perf_counter()
             if self._busy == 0 and self.recent_compute is not None and self.recent_compute < self.inline_below:
                 # A run this short costs less than waking a worker thread and waking the loop back
-                # (~70 µs here); with nothing else running, blocking the loop that long delays no one.
+                # (~70 µs here), so blocking the loop for it delays other requests by less than the
+                # hop would. Under load such requests run one after another on the loop; for runs
+                # this short that out-served batching them on workers (3,009 vs 2,534 req/s at c=16).
                 results, started, finished = self._execute(group)
             else:
                 self._busy += 1

@@ -145,8 +145,9 @@ def rows_per_run(feeds: Mapping[str, np.ndarray], max_tokens_per_run: int) -> in
     `max_tokens_per_run` tokens (at least one row); None when the batch fits or the budget is 0.
 
     Why: a transformer's activations grow with batch x sequence; past about a thousand tokens they
-    leave the CPU caches and every row gets slower (MiniLM int8, 128 tokens: 10.0 ms per row at batch
-    32, 7.4 at batch 8, 8.4 at batch 1; benchmarks/minilm_inprocess.py)."""
+    leave the CPU caches and every row gets slower (measured, MiniLM int8 at 128 tokens: 10.0 ms per
+    row at batch 32, 7.4 at batch 8, 8.4 at batch 1; benchmarks/minilm_inprocess.py prints batch 32
+    both ways)."""
     if max_tokens_per_run <= 0:
         return None
     batch, tokens = next(iter(feeds.values())).shape[:2]
