@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from compression.errors import BuildError
+from compression.reshape_fold import fold_reshape_targets
 
 __all__ = ["DIM", "INPUTS", "OUTPUT", "MeanPooled", "checkpoint_dir", "export_onnx", "load_teacher",
            "torch_embed", "torch_embed_with_tokens"]
@@ -141,5 +142,6 @@ def export_onnx(model: nn.Module, path: Path) -> None:
     dims[1].Clear()
     dims[1].dim_value = DIM  # the tracer leaves a symbolic name on the fixed width
     graph.producer_name = "slimserve"
+    fold_reshape_targets(graph)
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
