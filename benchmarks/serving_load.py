@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from server_process import start_server  # noqa: E402
+from server.runtime import rows_per_run, run_in_slices  # noqa: E402
 from server.session_options import open_session  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over the lazy dog while a small bird sings in the old oak tree near the "
@@ -59,18 +60,21 @@ def inprocess_feeds(folder: Path, manifest: dict[str, Any], rows: int, tokens: i
     return {manifest["inputs"][0]["name"]: np.ascontiguousarray(data["x"][:rows])}
 
 
-def inprocess_throughput(path: Path, feeds: dict[str, np.ndarray], threads: int, seconds: float) -> float:
-    """Rows per second with `threads` threads each running the session on `feeds` (1 intra-op thread)."""
+def inprocess_throughput(path: Path, feeds: dict[str, np.ndarray], threads: int, seconds: float,
+                         max_tokens_per_run: int) -> float:
+    """Rows per second with `threads` threads each running the session on `feeds` (1 intra-op thread),
+    token batches sliced as the server slices them (`max_tokens_per_run`; 0 for models without tokens)."""
     session = open_session(path, 1)
+    rows_at_once = rows_per_run(feeds, max_tokens_per_run)
     for _ in range(5):
-        session.run(None, feeds)
+        run_in_slices(session, feeds, rows_at_once)
     rows = next(iter(feeds.values())).shape[0]
     counts = [0] * threads
     deadline = time.perf_counter() + seconds
 
     def work(i: int) -> None:
         while time.perf_counter() < deadline:
-            session.run(None, feeds)
+            run_in_slices(session, feeds, rows_at_once)
             counts[i] += rows
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
@@ -147,6 +151,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="time bound per level")
     parser.add_argument("--requests", type=int, default=20000, help="request bound per level")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--max-tokens-per-run", type=int, default=1024,
+                        help="the server's token slicing, applied in-process too (default: the server's)")
     args = parser.parse_args()
 
     folder = args.repository / args.model
@@ -184,15 +190,20 @@ def main() -> int:
     print(f"# threads: server --workers {args.workers} --intra-op-threads 1; in-process {args.workers} threads x 1 "
           f"intra-op thread; client: 1 asyncio process (tritonclient.grpc.aio) on the same {os.cpu_count()} cores")
     p50 = inprocess_latency(path, one)
-    tput1 = inprocess_throughput(path, one, args.workers, 4.0)
-    tput16 = inprocess_throughput(path, sixteen, args.workers, 4.0)
-    print(f"in-process: batch 1 p50 {p50:.3f} ms; {tput1:.0f} rows/s at batch 1; {tput16:.0f} rows/s at batch 16")
+    slicing = args.max_tokens_per_run if text else 0  # the server slices token models only
+    tput1 = inprocess_throughput(path, one, args.workers, 4.0, slicing)
+    tput16 = inprocess_throughput(path, sixteen, args.workers, 4.0, slicing)
+    line = f"in-process: batch 1 p50 {p50:.3f} ms; {tput1:.0f} rows/s at batch 1; {tput16:.0f} rows/s at batch 16"
+    if slicing and rows_per_run(sixteen, slicing):
+        whole = inprocess_throughput(path, sixteen, args.workers, 4.0, 0)
+        line += f" in slices of {rows_per_run(sixteen, slicing)} rows as the server runs it ({whole:.0f} as one run of 16)"
+    print(line)
     levels = [int(x) for x in args.levels.split(",")]
     print("| batching | concurrency | req/s | p50 ms | p99 ms | rows/run | errors | client CPU ms/req | vs in-process batch 16 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for batching in ("--batching", "--no-batching"):
         server = start_server(args.repository, batching, "--workers", str(args.workers), "--intra-op-threads", "1",
-                              "--log-level", "WARNING")
+                              "--max-tokens-per-run", str(args.max_tokens_per_run), "--log-level", "WARNING")
         try:
             for level in levels:
                 r = asyncio.run(drive(server.url, args.model, args.variant, make_inputs, level, args.seconds,
