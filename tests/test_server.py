@@ -231,10 +231,12 @@ def test_missing_repository_exits_1_with_a_fix(tmp_path: Path) -> None:
     assert "python -m compression.build" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_bad_flag_exits_2(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "server", "--workers", "0"], cwd=ROOT, capture_output=True,
+@pytest.mark.parametrize("flag", ["--workers", "--max-tokens-per-run", "--inline-compute-us"])
+def test_bad_flag_exits_2(flag: str) -> None:
+    value = "0" if flag == "--workers" else "-1"
+    done = subprocess.run([sys.executable, "-m", "server", flag, value], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
-    assert done.returncode == 2 and "--workers" in done.stderr
+    assert done.returncode == 2 and flag in done.stderr and "Traceback" not in done.stderr
 
 
 def test_queue_limit_and_deadline_through_a_real_server(tmp_path: Path) -> None:
