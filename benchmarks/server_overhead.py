@@ -93,11 +93,6 @@ def timed_loop(call: Callable[[], Any], requests: int, max_seconds: float, warmu
     return Timing(latencies, time.process_time() - cpu0, time.perf_counter() - start)
 
 
-def session(path: Path) -> ort.InferenceSession:
-    """The same options as the server's `Session` with `--intra-op-threads 1`."""
-    return open_session(path, 1)
-
-
 def sample_inputs(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     """Row 0 of heldout.npz `x` when there is one and the model has one input; otherwise random data."""
     specs = manifest["inputs"]
@@ -190,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows: dict[str, Row] = {}
     for variant in variants:
-        sess = session(folder / manifest["variants"][variant]["file"])
+        sess = open_session(folder / manifest["variants"][variant]["file"], 1)  # as `--intra-op-threads 1`
         feeds = dict(inputs)
         local = timed_loop(lambda s=sess: s.run(None, feeds), args.requests, args.max_seconds, args.warmup)
         rows[variant] = Row(variant, local)

@@ -194,9 +194,10 @@ def main() -> int:
     tput1 = inprocess_throughput(path, one, args.workers, 4.0, slicing)
     tput16 = inprocess_throughput(path, sixteen, args.workers, 4.0, slicing)
     line = f"in-process: batch 1 p50 {p50:.3f} ms; {tput1:.0f} rows/s at batch 1; {tput16:.0f} rows/s at batch 16"
-    if slicing and rows_per_run(sixteen, slicing):
+    sliced_rows = rows_per_run(sixteen, slicing)
+    if sliced_rows:
         whole = inprocess_throughput(path, sixteen, args.workers, 4.0, 0)
-        line += f" in slices of {rows_per_run(sixteen, slicing)} rows as the server runs it ({whole:.0f} as one run of 16)"
+        line += f" in slices of {sliced_rows} rows as the server runs it ({whole:.0f} as one run of 16)"
     print(line)
     levels = [int(x) for x in args.levels.split(",")]
     print("| batching | concurrency | req/s | p50 ms | p99 ms | rows/run | errors | client CPU ms/req | vs in-process batch 16 |")

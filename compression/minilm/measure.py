@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from compression.evaluate import session  # the server's session options, 1 thread unless told
 from compression.host import cpu_model
 from server.runtime import rows_per_run, run_in_slices
-from server.session_options import open_session
 
 __all__ = ["DEFAULT_RUNS", "LATENCY_CASES", "THREADS", "embed", "encoder_macs", "latency_feeds",
            "measure_latency", "quality", "session"]
@@ -33,11 +33,6 @@ THREADS = 1
 LATENCY_CASES: dict[str, tuple[int, int]] = {
     "batch_1": (1, 16), "batch_1_long": (1, 128), "batch_32": (32, 128), "batch_32_short": (32, 16)}
 DEFAULT_RUNS = {"batch_1": 200, "batch_1_long": 60, "batch_32": 12, "batch_32_short": 60}
-
-
-def session(path: Path, threads: int = THREADS) -> ort.InferenceSession:
-    """A CPU session with the server's options."""
-    return open_session(path, threads)
 
 
 def embed(sess: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, batch: int = 64) -> np.ndarray:
