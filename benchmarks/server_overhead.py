@@ -35,11 +35,12 @@ import tritonclient.grpc as triton  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype  # noqa: E402
 
 from clients.errors import MetricsError  # noqa: E402
-from compression.host import cpu_model  # noqa: E402
+from modelrepo.arrays import read_feeds  # noqa: E402
+from modelrepo.host import cpu_model  # noqa: E402
 from clients.metrics import MetricsSnapshot, fetch_metrics  # noqa: E402
 from clients.report import fmt, percentiles, table  # noqa: E402
 from server_process import ServerProcess, start_server  # noqa: E402
-from server.session_options import open_session  # noqa: E402
+from modelrepo.session import open_session  # noqa: E402
 
 __all__ = ["main"]
 
@@ -94,14 +95,13 @@ def timed_loop(call: Callable[[], Any], requests: int, max_seconds: float, warmu
 
 
 def sample_inputs(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Row 0 of heldout.npz `x` when there is one and the model has one input; otherwise random data."""
+    """Row 0 of heldout.npz (one array per input) when there is one; otherwise random data."""
     specs = manifest["inputs"]
     heldout = folder / manifest.get("data", {}).get("heldout_file", "heldout.npz")
-    if len(specs) == 1 and heldout.is_file():
-        with np.load(heldout, allow_pickle=False) as data:
-            if "x" in data.files:
-                dtype = np.dtype(triton_to_np_dtype(specs[0]["datatype"]))
-                return {specs[0]["name"]: np.ascontiguousarray(data["x"][:1].astype(dtype))}
+    if heldout.is_file():
+        feeds, _ = read_feeds(heldout, [s["name"] for s in specs])
+        return {s["name"]: np.ascontiguousarray(feeds[s["name"]][:1].astype(triton_to_np_dtype(s["datatype"])))
+                for s in specs}
     rng = np.random.default_rng(0)
     out = {}
     for spec in specs:

@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from server_process import start_server  # noqa: E402
-from server.runtime import rows_per_run, run_in_slices  # noqa: E402
-from server.session_options import open_session  # noqa: E402
+from modelrepo.arrays import read_feeds  # noqa: E402
+from modelrepo.measure import rows_per_run, run_in_slices  # noqa: E402
+from modelrepo.session import open_session  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over the lazy dog while a small bird sings in the old oak tree near the "
          "river and children play happily in the warm afternoon sun").split()
@@ -45,6 +46,7 @@ def sentence(tokens: int) -> str:
 
 
 def inprocess_feeds(folder: Path, manifest: dict[str, Any], rows: int, tokens: int) -> dict[str, np.ndarray]:
+    names = [t["name"] for t in manifest["inputs"]]
     if manifest.get("tokenizer"):
         from tokenizers import Tokenizer
 
@@ -52,12 +54,11 @@ def inprocess_feeds(folder: Path, manifest: dict[str, Any], rows: int, tokens: i
         tok.enable_truncation(max_length=int(manifest["tokenizer"].get("max_length", 256)))
         tok.enable_padding()
         enc = tok.encode_batch([sentence(tokens)] * rows)
-        names = [t["name"] for t in manifest["inputs"]]
         cols = {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
                 "token_type_ids": [e.type_ids for e in enc]}
         return {n: np.array(cols[n], dtype=np.int64) for n in names}
-    data = np.load(folder / manifest.get("data", {}).get("heldout_file", "heldout.npz"))
-    return {manifest["inputs"][0]["name"]: np.ascontiguousarray(data["x"][:rows])}
+    feeds, _ = read_feeds(folder / manifest.get("data", {}).get("heldout_file", "heldout.npz"), names)
+    return {n: np.ascontiguousarray(feeds[n][:rows]) for n in names}
 
 
 def inprocess_throughput(path: Path, feeds: dict[str, np.ndarray], threads: int, seconds: float,

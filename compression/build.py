@@ -20,23 +20,29 @@ from typing import Any, Iterator, NoReturn
 
 import numpy as np
 
-from compression import distributed, evaluate
+from compression import distributed
 from compression.cli import DEFAULT_VARIANTS, BuildRequest, make_parser, options, parse_args
 from compression.data import Splits, calibration_sample, describe_data, load_data
 from compression.errors import BuildError, UsageError
-from compression.host import host_record, tool_versions
-from compression.manifest import SCHEMA_VERSION, sha256_file, validate, write_json_atomic
 from compression.progress import Progress
 from compression.report import render_table, write_report
-from compression.repository import staged_model_dir
-from compression.teachers import Teacher, load_builtins
+from compression.teachers import Teacher
 from compression.variants import VARIANTS, BuildContext
+from modelrepo import ManifestError
+from modelrepo.arrays import write_feeds
+from modelrepo.entry import variant_entry
+from modelrepo.files import staged_model_dir, write_manifest
+from modelrepo.host import host_record, tool_versions
+from modelrepo.latency import cases, default_runs, measure_latency
+from modelrepo.measure import is_token_feeds, quality, run
+from modelrepo.onnxinfo import onnx_parameters
+from modelrepo.schema import SCHEMA_VERSION
+from modelrepo.session import open_session
 
 __all__ = ["DEFAULT_VARIANTS", "BuildRequest", "build", "main", "make_parser", "parse_args"]
 
 HELD_OUT = "heldout.npz"
 CALIBRATION = "calibration.npz"
-LATENCY_RUNS = {1: 200, 32: 100}
 INTERRUPTED = 130  # exit status after Ctrl-C or SIGTERM, as shells report a SIGINT death
 
 
@@ -48,11 +54,14 @@ def primary_metric(teacher: Teacher, splits: Splits) -> str:
 
 def _conform(splits: Splits, teacher: Teacher) -> Splits:
     """Integer rows for a float input are cast once, here, so every consumer sees FP32."""
-    if teacher.inputs[0].datatype == "FP32" and splits.x_train.dtype != np.float32:
-        cast = (lambda a: a.astype(np.float32))
-        return replace(splits, x_train=cast(splits.x_train), x_val=cast(splits.x_val),
-                       x_test=cast(splits.x_test))
-    return splits
+    floats = {spec.name for spec in teacher.inputs if spec.datatype == "FP32"}
+    if not any(splits.x_train[n].dtype != np.float32 for n in floats if n in splits.x_train):
+        return splits
+
+    def cast(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v.astype(np.float32) if k in floats else v for k, v in x.items()}
+    return replace(splits, x_train=cast(splits.x_train), x_val=cast(splits.x_val),
+                   x_test=cast(splits.x_test))
 
 
 @contextmanager
@@ -67,8 +76,7 @@ def _folder(request: BuildRequest) -> Iterator[Path]:
 
 
 def _save_heldout(folder: Path, splits: Splits) -> None:
-    held = {"x": splits.x_test, **({"y": splits.y_test} if splits.labelled else {})}
-    np.savez(folder / HELD_OUT, **held)
+    write_feeds(folder / HELD_OUT, splits.x_test, splits.y_test)
 
 
 def _make_all(ctx: BuildContext, folder: Path, names: list[str], began: float) -> dict[str, float]:
@@ -81,8 +89,9 @@ def _make_all(ctx: BuildContext, folder: Path, names: list[str], began: float) -
         if not ctx.main and not (spec.trains or name == "teacher"):
             continue
         path = folder / name / "model.onnx"
+        make = ctx.teacher.makers.get(name, spec.make)  # a teacher family's own maker, if any
         with ctx.progress.step(f"{name}: written {path.relative_to(folder)}"):
-            ctx.made[name] = spec.make(ctx, spec, path)
+            ctx.made[name] = make(ctx, spec, path)
             ctx.files[name] = path
         # Unserved baselines trained alongside a variant do not count toward its build time.
         aside = sum(b.get("build_seconds", 0.0) for b in ctx.made[name].baselines.values())
@@ -91,19 +100,29 @@ def _make_all(ctx: BuildContext, folder: Path, names: list[str], began: float) -
     return seconds
 
 
-def _measure(ctx: BuildContext, name: str, threads: int, teacher_out: np.ndarray,
-             cpu: str) -> dict[str, Any]:
+def _measure(ctx: BuildContext, name: str, teacher_out: np.ndarray) -> dict[str, Any]:
     """The manifest figures of one variant, measured on its ONNX file with ONNX Runtime."""
     path = ctx.files[name]
     metric = primary_metric(ctx.teacher, ctx.splits)
-    with ctx.progress.step(f"{name}: evaluate and time (threads {threads})") as step:
-        out = evaluate.run(evaluate.session(path), ctx.splits.x_test)
-        quality = evaluate.quality(ctx.teacher.task, out, ctx.splits.y_test, teacher_out)
-        timing = evaluate.latency(path, ctx.splits.x_test, threads, LATENCY_RUNS)
-        step.note(f"{metric} {quality[metric]:.4f}, batch 1 p50 {timing['batch_1']['p50_ms']:.3f} ms")
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size,
-            "parameters": evaluate.onnx_parameters(path), "macs": ctx.made[name].macs,
-            "quality": quality, "latency": {"threads": threads, "cpu": cpu, **timing}}
+    with ctx.progress.step(f"{name}: evaluate on the held-out split") as step:
+        out = run(open_session(path), ctx.splits.x_test)
+        measured = quality(ctx.teacher.task, out, ctx.splits.y_test, teacher_out)
+        step.note(f"{metric} {measured[metric]:.4f}")
+    return {"parameters": onnx_parameters(path), "macs": ctx.made[name].macs, "quality": measured}
+
+
+def _latencies(ctx: BuildContext, names: list[str], request: BuildRequest, cpu: str) -> dict[str, Any]:
+    """Latency of every variant per case, variants interleaved run by run (modelrepo.latency)."""
+    token_model = is_token_feeds(ctx.splits.x_test)
+    runs = default_runs(token_model)
+    if request.args.latency_runs is not None:
+        runs = {**runs, **dict(zip(runs, request.args.latency_runs, strict=False))}
+    with ctx.progress.step(f"latency: {', '.join(runs)} (threads {request.threads}, variants "
+                           "interleaved)") as step:
+        timings = measure_latency({n: ctx.files[n] for n in names}, cases(ctx.splits.x_test), runs,
+                                  request.threads, cpu)
+        step.note(", ".join(f"{n} {timings[n]['batch_1']['p50_ms']:.3f} ms" for n in names))
+    return timings
 
 
 def _latency_summary(variant: dict[str, Any]) -> dict[str, float]:
@@ -119,37 +138,35 @@ def build(request: BuildRequest, progress: Progress) -> dict[str, Any] | None:
         main = distributed.is_main()
         with progress.step(f"data: {request.data} (seed {request.seed})") as step:
             splits = load_data(request.data, request.seed)
-            if main:
-                _save_heldout(folder, splits)
             step.note(", ".join(f"{k} {v}" for k, v in splits.sizes().items())
                       + ("" if splits.labelled else ", no labels"))
         began = time.monotonic()
         if request.source.load is None:
             raise UsageError(f"teacher {request.teacher} has no loader in this build")
-        teacher = request.source.load(splits, teacher_options, progress)
-        conformed = _conform(splits, teacher)
-        if main and conformed is not splits:
-            _save_heldout(folder, conformed)  # as the served model takes it
-        splits = conformed
+        teacher, splits = request.source.load(splits, teacher_options, progress)
+        splits = _conform(splits, teacher)
         calibration = calibration_sample(splits, variant_options.quantize.calibration_samples,
                                          request.seed)
         if main:
-            np.savez(folder / CALIBRATION, x=calibration)
+            _save_heldout(folder, splits)  # named and typed as the served model takes them
+            write_feeds(folder / CALIBRATION, calibration)
+            if teacher.write_files is not None:
+                teacher.write_files(folder)
         host = host_record()
         ctx = BuildContext(teacher, splits, calibration, variant_options, progress, host)
         seconds = _make_all(ctx, folder, request.variants, began)
         if not distributed.is_main():
             return None
 
-        teacher_out = evaluate.run(evaluate.session(ctx.files["teacher"]), splits.x_test)
+        teacher_out = run(open_session(ctx.files["teacher"]), splits.x_test)
+        timings = _latencies(ctx, request.variants, request, str(host["cpu"]))
         variants: dict[str, dict[str, Any]] = {}
         for name in request.variants:
             spec = VARIANTS[name]
-            variants[name] = {
-                "kind": spec.kind, "parent": spec.parent, "recipe": ctx.made[name].recipe,
-                "file": f"{name}/model.onnx",
-                **_measure(ctx, name, request.threads, teacher_out, str(host["cpu"])),
-                "build_seconds": round(seconds[name], 2)}
+            variants[name] = variant_entry(
+                folder, ctx.files[name], spec.kind, spec.parent, ctx.made[name].recipe,
+                latency=timings[name], build_seconds=seconds[name], **_measure(ctx, name, teacher_out),
+                **teacher.entry_extra)
         for variant in variants.values():
             if variant["kind"] == "pruned":  # the recipe promises latency before and after
                 variant["recipe"]["params"]["latency_before"] = _latency_summary(variants[variant["parent"]])
@@ -169,22 +186,25 @@ def build(request: BuildRequest, progress: Progress) -> dict[str, Any] | None:
             "inputs": [s.to_json() for s in teacher.inputs],
             "outputs": [s.to_json() for s in teacher.outputs],
             **({"labels": teacher.labels} if teacher.labels else {}),
+            **teacher.manifest_extra,
             "primary_metric": metric, "default_variant": "teacher",
             "routing": {"policy": "fixed", "variant": "teacher"},
             "data": {"name": request.data, "source": describe_data(request.data),
                      "seed": request.seed, "splits": splits.sizes(), "labelled": splits.labelled,
                      "stratified": splits.stratified,
-                     "heldout_file": HELD_OUT, "calibration_file": CALIBRATION},
-            "host": host, "tools": tool_versions(), "variants": variants,
+                     "heldout_file": HELD_OUT, "calibration_file": CALIBRATION,
+                     "calibration_rows": len(next(iter(calibration.values()))), **teacher.data_extra},
+            "host": host, "tools": tool_versions("torch", "torch-pruning", *teacher.tools),
+            "variants": variants,
             "baselines": baselines,
         }
-        problems = validate(manifest)
-        if problems:
-            raise BuildError(f"manifest does not match schema: {'; '.join(problems)}")
         with progress.step("report: report.md and chart.png") as step:
             step.note(", ".join(write_report(manifest, folder)))
         # Last file in the folder: a reader that finds a manifest finds everything it names.
-        write_json_atomic(folder / "manifest.json", manifest)
+        try:
+            write_manifest(folder, manifest)
+        except ManifestError as error:
+            raise BuildError(str(error)) from error
     return manifest
 
 
@@ -197,18 +217,6 @@ def _interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def _delegate(argv: list[str]) -> int | None:
-    """A built-in teacher with its own pipeline (TeacherSource.delegate) takes the command line."""
-    for i, arg in enumerate(argv):
-        name = argv[i + 1] if arg == "--teacher" and i + 1 < len(argv) else (
-            arg.split("=", 1)[1] if arg.startswith("--teacher=") else None)
-        source = load_builtins().get(name) if name else None
-        if source is not None and source.delegate is not None:
-            rest = argv[:i] + argv[i + (1 if "=" in arg else 2):]
-            return source.delegate(rest)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     prog = "compression.build"
     signal.signal(signal.SIGTERM, _interrupt)
@@ -216,9 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
     argv = sys.argv[1:] if argv is None else argv
     try:
-        delegated = _delegate(argv)
-        if delegated is not None:
-            return delegated
         distributed.start()
         request = parse_args(argv)
         progress = Progress(quiet=request.args.quiet or not distributed.is_main())

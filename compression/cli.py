@@ -11,11 +11,11 @@ from typing import Any, NoReturn
 from compression.distill import DISTILL_LOSSES, DistillOptions
 from compression.errors import UsageError
 from compression.prune import IMPORTANCES, PruneOptions
-from compression.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS, MODES, QuantizeOptions
 from compression.share import ShareOptions
 from compression.teachers import TASKS, TeacherOptions, TeacherSource, resolve_teacher
 from compression.train import TrainOptions
 from compression.variants import VARIANTS, VariantOptions, plan
+from modelrepo.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, MODES, QuantizeOptions
 
 __all__ = ["DEFAULT_VARIANTS", "BuildRequest", "make_parser", "options", "parse_args"]
 
@@ -74,7 +74,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="weights of a factory teacher: .safetensors, or a state dict of tensors "
                         "(read with torch.load(weights_only=True))")
     p.add_argument("--data", default=None,
-                   help="built-in name (digits), an .npz with x (and optional y, labels), or "
+                   help="built-in name (digits), an .npz with one array per teacher input (x, or x1, x2, "
+                        "...; optional y, labels), or "
                         "package.module:factory returning a torch Dataset of x or (x, y) "
                         "(default: the built-in teacher's own; required for other teachers)")
     p.add_argument("--task", choices=("auto", *TASKS), default="auto",
@@ -93,6 +94,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="seed for the split, training and calibration sample (default: %(default)s)")
     p.add_argument("--threads", type=_ranged(int, 1), default=1,
                    help="ONNX Runtime intra-op threads for latency measurement (default: %(default)s)")
+    p.add_argument("--latency-runs", type=_positive_ints, default=None,
+                   help="timed runs per latency case, comma list in the order batch_1,batch_32 "
+                        "(token models: batch_1,batch_1_long,batch_32,batch_32_short) "
+                        "(default: 200,100; token models 200,60,12,60)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     g = p.add_argument_group("teacher (built-in teachers are trained by the build)")

@@ -7,6 +7,7 @@ distance between student and teacher outputs (`feature_loss`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,7 +115,7 @@ def distill(student: nn.Module, teacher: nn.Module, splits: Splits, options: Dis
     return fit(student, splits, options.train, progress, desc, loss_fn=loss, score_fn=score)
 
 
-def fidelity_score(teacher_val: torch.Tensor, x_val: np.ndarray, task: str) -> ScoreFn:
+def fidelity_score(teacher_val: torch.Tensor, x_val: Mapping[str, np.ndarray], task: str) -> ScoreFn:
     """Validation score against the teacher: top-1 agreement (classifiers) or mean cosine of the
     outputs; mean squared error breaks ties."""
     def score(model: nn.Module) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from compression.manifest import TensorSpec
+from modelrepo.records import TensorSpec
 
 __all__ = ["BATCH_AXIS", "OPSET", "export_onnx"]
 
@@ -30,17 +30,18 @@ def _name_batch_axis(model: onnx.ModelProto) -> None:
 
 
 def export_onnx(module: nn.Module, path: Path, inputs: Sequence[TensorSpec],
-                outputs: Sequence[TensorSpec], example: torch.Tensor | None = None) -> Path:
+                outputs: Sequence[TensorSpec], example: tuple[torch.Tensor, ...] | None = None) -> Path:
     """Write `module` (in eval mode) to `path` with the given I/O names and dynamic axes: dimension
     0 always, and every other dimension the input spec records as -1.
 
-    `example` holds real rows (two are used); without it zeros of the spec's shape are traced.
+    `example` holds real rows of every input (two are used); without it zeros of the specs' shapes
+    are traced.
     Weights are stored inside the file (no `.data` side file) so one sha256 covers the variant.
     """
     module = module.eval()
     # Batch of 2: a batch of 1 would let the tracer specialise the axis to the constant 1.
     if example is not None:
-        examples = (example[:2] if len(example) >= 2 else example.repeat(2, *[1] * (example.dim() - 1)),)
+        examples = tuple(t[:2] if len(t) >= 2 else t.repeat(2, *[1] * (t.dim() - 1)) for t in example)
     else:
         examples = tuple(torch.zeros(2, *(d for d in spec.shape[1:])) for spec in inputs)
     dynamic = tuple({axis: torch.export.Dim.DYNAMIC for axis, d in enumerate(spec.shape)

@@ -206,12 +206,12 @@ def from_exported(program: torch.export.ExportedProgram) -> fx.GraphModule:
     return lift(fx.GraphModule(module, module.graph))
 
 
-def from_torchscript(module: torch.jit.ScriptModule, example: torch.Tensor) -> fx.GraphModule:
+def from_torchscript(module: torch.jit.ScriptModule, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
     """A TorchScript module converted to a `torch.export` program (PyTorch's TS2EPConverter,
     which is what `torch.export` itself points to for ScriptModules), then lifted."""
     from torch._export.converter import TS2EPConverter
 
     with warnings.catch_warnings(), _quiet_logs("torch._export", "torch.export"):
         warnings.simplefilter("ignore")
-        program = TS2EPConverter(module, (example,)).convert()
+        program = TS2EPConverter(module, example).convert()
     return from_exported(program)

@@ -15,12 +15,16 @@ import onnx
 import torch
 from torch import nn
 
-from compression.data import Splits
+from compression.data import Splits, bind_inputs
 from compression.errors import UsageError
 from compression.factory import load_callable, make_module
-from compression.manifest import TensorSpec, sha256_file
+from modelrepo.files import sha256_file
+from modelrepo.measure import run, take
+from modelrepo.records import TensorSpec
+from modelrepo.session import open_session
 from compression.progress import Progress
 from compression.teachers import Teacher, TeacherOptions, TeacherSource
+from compression.train import tensors
 
 __all__ = ["exported", "factory", "onnx_file", "torchscript"]
 
@@ -49,28 +53,32 @@ def _datatype(x: np.ndarray) -> str:
 
 
 def _check_rows(declared: TensorSpec, x: np.ndarray, teacher: str) -> None:
-    """Shapes and datatypes a teacher records must match the data's rows."""
+    """Shapes and datatypes a teacher records must match the data's rows of that input."""
     rows = x.shape[1:]
     want = declared.shape[1:]
     fits = len(rows) == len(want) and all(w in (-1, r) for w, r in zip(want, rows))
     if not fits:
         raise UsageError(f"shape mismatch: teacher {teacher} input {declared.name!r} is "
                          f"{list(declared.shape)}, data rows are {list(rows)} "
-                         f"(x has shape {list(x.shape)})")
+                         f"(the array has shape {list(x.shape)})")
     if declared.datatype != _datatype(x) and not (declared.datatype == "FP32" and x.dtype.kind in "iu"):
         raise UsageError(f"datatype mismatch: teacher {teacher} input {declared.name!r} is "
-                         f"{declared.datatype}, data x is {x.dtype}")
+                         f"{declared.datatype}, the data's array is {x.dtype}")
 
 
-def _probe(module: nn.Module, x: np.ndarray, teacher: str) -> torch.Tensor:
+def _shapes(x: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {list(v.shape[1:])}" for k, v in x.items())
+
+
+def _probe(module: nn.Module, x: dict[str, np.ndarray], teacher: str) -> torch.Tensor:
     """Run the teacher on two rows: a clear error now beats a traceback mid-build."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = module.eval()(torch.from_numpy(x[:2]))
+            out = module.eval()(*tensors(x, slice(0, 2)))
     except Exception as error:
         raise UsageError(f"shape mismatch: teacher {teacher} cannot run on data rows of shape "
-                         f"{list(x.shape[1:])} ({_first_line(error)})") from error
+                         f"{_shapes(x)} ({_first_line(error)})") from error
     out = out[0] if isinstance(out, (tuple, list)) else out
     if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != 2:
         raise UsageError(f"teacher {teacher} must return a tensor with one row per input row")
@@ -89,24 +97,40 @@ def _check_task(task: str, out_shape: tuple[int, ...], splits: Splits, teacher: 
                          f"{out_shape[1]} scores per row")
 
 
-def _module_teacher(name: str, module: nn.Module, input_name: str, splits: Splits,
+def _input_names(names: list[str], options: TeacherOptions, teacher: str) -> list[str]:
+    """The teacher's input names, `--input-name` applied (single-input teachers only)."""
+    if options.input_name:
+        if len(names) != 1:
+            raise UsageError(f"--input-name renames the input of a single-input teacher; {teacher} "
+                             f"takes {', '.join(names)}")
+        return [options.input_name]
+    return names
+
+
+def _module_teacher(name: str, module: nn.Module, input_names: list[str], splits: Splits,
                     options: TeacherOptions, recipe: dict[str, Any],
-                    declared: TensorSpec | None = None) -> Teacher:
-    """A Teacher around a torch module, its specs taken from `declared` or from the data."""
+                    declared: tuple[TensorSpec, ...] | None = None) -> tuple[Teacher, Splits]:
+    """A Teacher around a torch module, its specs taken from `declared` or from the data, and the
+    splits bound to its input names."""
+    names = _input_names(input_names, options, name)
+    splits = bind_inputs(splits, names, name)
     x = splits.x_train
     if declared is not None:
-        _check_rows(declared, x, name)
-        spec = replace(declared, name=options.input_name or declared.name)
+        specs = []
+        for spec, served in zip(declared, names, strict=True):
+            _check_rows(spec, x[served], name)
+            specs.append(replace(spec, name=served))
+        inputs = tuple(specs)
     else:
-        spec = TensorSpec(options.input_name or input_name, _datatype(x), (-1, *x.shape[1:]))
+        inputs = tuple(TensorSpec(n, _datatype(a), (-1, *a.shape[1:])) for n, a in x.items())
     out = _probe(module, x, name)
     task = _task(options, splits)
     _check_task(task, tuple(out.shape), splits, name)
     output = TensorSpec(options.output_name or "output", KSERVE.get(out.dtype, "FP32"),
                         (-1, *out.shape[1:]))
     labels = splits.labels if task == "classification" else None
-    return Teacher(name=name, module=module.eval(), task=task, inputs=(spec,), outputs=(output,),
-                   labels=labels, recipe=recipe)
+    return Teacher(name=name, module=module.eval(), task=task, inputs=inputs, outputs=(output,),
+                   labels=labels, recipe=recipe), splits
 
 
 def _file_recipe(kind: str, path: Path, **extra: Any) -> dict[str, Any]:
@@ -120,20 +144,20 @@ def torchscript(path: Path) -> TeacherSource:
     except Exception as error:
         raise UsageError(f"teacher {path}: not a TorchScript file ({_first_line(error)})") from error
 
-    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> Teacher:
+    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> tuple[Teacher, Splits]:
         from compression.lift import from_torchscript
 
-        names = [i.debugName().split(".")[0] for i in script.graph.inputs()][1:]
-        if len(names) != 1:
-            raise UsageError(f"teacher {path}: forward takes {len(names)} inputs; the build feeds one")
-        _probe(script, splits.x_train, str(path))
+        names = [i.debugName().split(".")[0] or f"input{k}"
+                 for k, i in enumerate(list(script.graph.inputs())[1:])]
+        bound = bind_inputs(splits, names, str(path))
+        _probe(script, bound.x_train, str(path))
         with progress.step(f"teacher: TorchScript {path.name} to an editable graph"):
             try:
-                module = from_torchscript(script, torch.from_numpy(splits.x_train[:2]))
+                module = from_torchscript(script, tensors(bound.x_train, slice(0, 2)))
             except Exception as error:
                 raise UsageError(f"teacher {path}: TorchScript could not be converted to a "
                                  f"torch.export graph ({_first_line(error)})") from error
-        return _module_teacher(path.name, module, names[0] or "input", splits, options,
+        return _module_teacher(path.name, module, names, bound, options,
                                _file_recipe("torchscript", path, converted="TS2EPConverter + lift"))
 
     return TeacherSource(path.stem, None, load)
@@ -148,21 +172,20 @@ def exported(path: Path) -> TeacherSource:
         raise UsageError(f"teacher {path}: not a torch.export program ({_first_line(error)})") from error
     placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     user = [placeholders[n] for n in program.graph_signature.user_inputs if n in placeholders]
-    if len(user) != 1:
-        raise UsageError(f"teacher {path}: the program takes {len(user)} inputs; the build feeds one")
-    val = user[0].meta.get("val")
-    shape = tuple(d if isinstance(d, int) else -1 for d in val.shape) if val is not None else None
+    if not user:
+        raise UsageError(f"teacher {path}: the program takes no inputs")
+    vals = [u.meta.get("val") for u in user]
     declared = None
-    if shape is not None:
-        declared = TensorSpec(user[0].name, KSERVE.get(val.dtype, "FP32"), (-1, *shape[1:]))
+    if all(v is not None for v in vals):
+        declared = tuple(TensorSpec(u.name, KSERVE.get(v.dtype, "FP32"),
+                                    (-1, *(d if isinstance(d, int) else -1 for d in v.shape[1:])))
+                         for u, v in zip(user, vals, strict=True))
 
-    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> Teacher:
+    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> tuple[Teacher, Splits]:
         from compression.lift import from_exported
 
-        if declared is not None:
-            _check_rows(declared, splits.x_train, str(path))
         module = from_exported(program)
-        return _module_teacher(path.name, module, user[0].name, splits, options,
+        return _module_teacher(path.name, module, [u.name for u in user], splits, options,
                                _file_recipe("torch.export", path), declared)
 
     return TeacherSource(path.stem, None, load)
@@ -192,7 +215,7 @@ def factory(ref: str, weights: Path | None) -> TeacherSource:
     make = load_callable(ref, "teacher factory")
     state = _read_weights(weights) if weights is not None else None
 
-    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> Teacher:
+    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> tuple[Teacher, Splits]:
         module = make_module(make, ref, "teacher factory")
         if state is not None:
             try:
@@ -204,11 +227,12 @@ def factory(ref: str, weights: Path | None) -> TeacherSource:
                 raise UsageError(f"weights {weights} do not fit {ref}: missing "
                                  f"{list(result.missing_keys)[:5]}, unexpected "
                                  f"{list(result.unexpected_keys)[:5]}")
-        params = list(inspect.signature(module.forward).parameters)
+        params = [p.name for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
         extra = {"weights": weights.name, "weights_sha256": sha256_file(weights)} if weights else {}
         recipe = {"name": "load", "params": {"format": "factory", "factory": ref, **extra}}
-        return _module_teacher(ref.rpartition(":")[2], module, params[0] if params else "input",
-                               splits, options, recipe)
+        return _module_teacher(ref.rpartition(":")[2], module, params or ["input"], splits, options,
+                               recipe)
 
     return TeacherSource(ref.rpartition(":")[2], None, load)
 
@@ -228,26 +252,25 @@ def onnx_file(path: Path) -> TeacherSource:
     inits = {t.name for t in model.graph.initializer}
     inputs = tuple(_onnx_spec(v) for v in model.graph.input if v.name not in inits)
     outputs = tuple(_onnx_spec(v) for v in model.graph.output)
-    if len(inputs) != 1:
-        raise UsageError(f"teacher {path}: {len(inputs)} inputs; the build feeds one")
 
-    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> Teacher:
-        from compression import evaluate
-
+    def load(splits: Splits, options: TeacherOptions, progress: Progress) -> tuple[Teacher, Splits]:
         for flag, given, actual in (("--input-name", options.input_name, inputs[0].name),
                                     ("--output-name", options.output_name, outputs[0].name)):
             if given and given != actual:
                 raise UsageError(f"{flag} {given}: an ONNX teacher keeps its own names ({actual!r})")
-        _check_rows(inputs[0], splits.x_train, str(path))
+        splits = bind_inputs(splits, [i.name for i in inputs], str(path))
+        for spec in inputs:
+            _check_rows(spec, splits.x_train[spec.name], str(path))
+        probe = {spec.name: a.astype(np.float32) if spec.datatype == "FP32" else a
+                 for spec, a in zip(inputs, take(splits.x_train, slice(0, 2)).values(), strict=True)}
         try:
-            out = evaluate.run(evaluate.session(path), splits.x_train[:2].astype(np.float32)
-                               if inputs[0].datatype == "FP32" else splits.x_train[:2])
+            out = run(open_session(path), probe)
         except Exception as error:
             raise UsageError(f"teacher {path} cannot run on the data ({_first_line(error)})") from error
         task = _task(options, splits)
         _check_task(task, out.shape, splits, str(path))
         return Teacher(name=path.stem, module=None, task=task, inputs=inputs, outputs=outputs,
                        labels=splits.labels if task == "classification" else None,
-                       recipe=_file_recipe("onnx", path), onnx_file=path)
+                       recipe=_file_recipe("onnx", path), onnx_file=path), splits
 
     return TeacherSource(path.stem, None, load, trainable=False)

@@ -60,7 +60,7 @@ class PruneReport:
     steps: list[dict[str, int]] = field(default_factory=list)
 
 
-def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+def count_macs_params(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[int, int]:
     """(MACs per sample, parameters) as Torch-Pruning counts them, for a batch-of-one example.
 
     Its MAC count covers the matrix products and convolutions plus one operation per bias add,
@@ -70,12 +70,12 @@ def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        macs, params = tp.utils.count_ops_and_params(model, example[:1])
+        macs, params = tp.utils.count_ops_and_params(model, tuple(t[:1] for t in example))
     model.train(was_training)
     return int(macs), int(params)
 
 
-def prunable_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module]]:
+def prunable_layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[tuple[str, nn.Module]]:
     """Linear / conv layers in the order the forward pass runs them."""
     names = {id(m): n for n, m in model.named_modules()}
     order: list[tuple[str, nn.Module]] = []
@@ -84,7 +84,7 @@ def prunable_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, 
     try:
         with torch.no_grad():
             model.eval()
-            model(example)
+            model(*example)
     finally:
         for h in hooks:
             h.remove()
@@ -92,7 +92,7 @@ def prunable_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, 
     return [(n, m) for n, m in order if not (id(m) in seen or seen.add(id(m)))]
 
 
-def output_layers(model: nn.Module, example: torch.Tensor, named: str | None = None) -> list[nn.Module]:
+def output_layers(model: nn.Module, example: tuple[torch.Tensor, ...], named: str | None = None) -> list[nn.Module]:
     """The layers pruning must keep whole: `named` if given, else the last one run."""
     if named:
         return [model.get_submodule(named)]
@@ -102,13 +102,13 @@ def output_layers(model: nn.Module, example: torch.Tensor, named: str | None = N
     return [layers[-1][1]]
 
 
-def layer_widths(model: nn.Module, example: torch.Tensor, keep: list[nn.Module]) -> dict[str, int]:
+def layer_widths(model: nn.Module, example: tuple[torch.Tensor, ...], keep: list[nn.Module]) -> dict[str, int]:
     """Output neurons / channels of each prunable layer but the kept ones."""
     width = (lambda m: m.out_features if isinstance(m, nn.Linear) else m.out_channels)
     return {n: width(m) for n, m in prunable_layers(model, example) if all(m is not k for k in keep)}
 
 
-def _pruner(model: nn.Module, example: torch.Tensor, keep: list[nn.Module], ratio: float,
+def _pruner(model: nn.Module, example: tuple[torch.Tensor, ...], keep: list[nn.Module], ratio: float,
             importance: str, steps: int, round_to: int | None) -> tp.pruner.BasePruner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -117,10 +117,10 @@ def _pruner(model: nn.Module, example: torch.Tensor, keep: list[nn.Module], rati
                                     ignored_layers=keep, round_to=round_to)
 
 
-def _check_outputs(model: nn.Module, example: torch.Tensor, shape: torch.Size, what: str) -> None:
+def _check_outputs(model: nn.Module, example: tuple[torch.Tensor, ...], shape: torch.Size, what: str) -> None:
     try:
         with torch.no_grad():
-            out = model(example)
+            out = model(*example)
     except Exception as error:
         raise BuildError(f"{what}: the model no longer runs after removing channels "
                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
@@ -134,7 +134,7 @@ def _first(out: object) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out  # type: ignore[return-value]
 
 
-def prune(model: nn.Module, example: torch.Tensor, keep: list[nn.Module], options: PruneOptions,
+def prune(model: nn.Module, example: tuple[torch.Tensor, ...], keep: list[nn.Module], options: PruneOptions,
           finetune: Callable[[nn.Module, int, int], None],
           loss_for_gradients: Callable[[nn.Module], torch.Tensor] | None = None) -> PruneReport:
     """Prune `model` in place and call `finetune(model, epochs, step)` after every step.
@@ -145,7 +145,7 @@ def prune(model: nn.Module, example: torch.Tensor, keep: list[nn.Module], option
     if options.importance not in IMPORTANCES:
         raise ValueError(f"unknown importance {options.importance!r}")
     model.eval()  # structure is found from a traced forward pass; dropout must be off
-    shape = _first(model(example)).shape
+    shape = _first(model(*example)).shape
     macs0, params0 = count_macs_params(model, example)
     widths0 = layer_widths(model, example, keep)
     if not widths0:
@@ -177,7 +177,7 @@ def prune(model: nn.Module, example: torch.Tensor, keep: list[nn.Module], option
     return report
 
 
-def narrow(model: nn.Module, example: torch.Tensor, keep: list[nn.Module], width: float,
+def narrow(model: nn.Module, example: tuple[torch.Tensor, ...], keep: list[nn.Module], width: float,
            seed: int) -> nn.Module:
     """A fresh student of the same architecture with every hidden width scaled by `width`.
 
@@ -188,7 +188,7 @@ def narrow(model: nn.Module, example: torch.Tensor, keep: list[nn.Module], width
     student = copy.deepcopy(model).eval()
     kept_names = {n for n, m in model.named_modules() if any(m is k for k in keep)}
     kept = [m for n, m in student.named_modules() if n in kept_names]
-    shape = _first(student(example)).shape
+    shape = _first(student(*example)).shape
     if not layer_widths(student, example, kept):
         raise BuildError("deriving the student: no hidden Linear or Conv layer to narrow; "
                          "give one with --student")

@@ -37,13 +37,13 @@ from typing import Any
 
 from torch import nn
 
-from compression.data import Splits
+from compression.data import Splits, bind_inputs
 from compression.errors import UsageError
 from compression.factory import is_factory_ref
-from compression.manifest import TensorSpec
 from compression.mlp import MLP
 from compression.progress import Progress
 from compression.train import TrainOptions, fit, seed_everything
+from modelrepo.records import TensorSpec
 
 __all__ = ["BUILTIN_MODULES", "BUILTIN_TEACHERS", "FILE_TEACHERS", "TASKS", "Teacher",
            "TeacherOptions", "TeacherSource", "load_builtins", "register_teacher", "resolve_teacher"]
@@ -86,6 +86,19 @@ class Teacher:
     """Submodule that produces the outputs, kept whole by pruning (None: found by tracing)."""
     onnx_file: Path | None = None
     """The source file of an ONNX teacher."""
+    makers: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    """A teacher family's own makers by variant name (e.g. transformers: layer-subset students,
+    head pruning); variants it does not name use the generic maker (compression.variants)."""
+    write_files: Callable[[Path], None] | None = None
+    """Writes the family's extra files into the model folder (e.g. tokenizer.json, heldout.txt)."""
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+    """Top-level manifest fields the family adds (e.g. `tokenizer`)."""
+    data_extra: dict[str, Any] = field(default_factory=dict)
+    """Fields the family adds to the manifest's `data` record (e.g. `heldout_text`)."""
+    entry_extra: dict[str, Any] = field(default_factory=dict)
+    """Fields added to every variant entry (e.g. `macs_tokens`)."""
+    tools: tuple[str, ...] = ()
+    """Distributions whose versions the manifest records besides torch & co. (e.g. transformers)."""
 
     @property
     def trainable(self) -> bool:
@@ -98,7 +111,7 @@ class TeacherSource:
 
     name: str
     default_data: str | None
-    load: Callable[[Splits, TeacherOptions, Progress], Teacher] | None
+    load: Callable[[Splits, TeacherOptions, Progress], tuple[Teacher, Splits]] | None
     trainable: bool = True
     """False for teachers without a torch model (ONNX): only int8 and shared variants."""
     delegate: Callable[[list[str]], int] | None = None
@@ -106,12 +119,14 @@ class TeacherSource:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _digits(splits: Splits, options: TeacherOptions, progress: Progress) -> Teacher:
+def _digits(splits: Splits, options: TeacherOptions, progress: Progress) -> tuple[Teacher, Splits]:
     """Hinton et al.'s MNIST teacher shape scaled to 8x8 digits: 64 → 1200 → 1200 → 10, dropout."""
-    if splits.x_train.shape[1:] != (64,) or not splits.labelled:
+    arrays = list(splits.x_train.values())
+    if len(arrays) != 1 or arrays[0].shape[1:] != (64,) or not splits.labelled:
         raise UsageError(f"the digits teacher trains on labelled rows of 64 pixels; data "
-                         f"{splits.name} has rows of {list(splits.x_train.shape[1:])}"
+                         f"{splits.name} has inputs {[list(a.shape[1:]) for a in arrays]}"
                          f"{'' if splits.labelled else ' without labels'}")
+    splits = bind_inputs(splits, [options.input_name or "input"], "digits")
     seed_everything(options.train.seed)
     module = MLP(64, options.hidden, 10, options.dropout, options.input_dropout)
     with progress.step("teacher: train 64-" + "-".join(map(str, options.hidden)) + "-10") as step:
@@ -132,7 +147,7 @@ def _digits(splits: Splits, options: TeacherOptions, progress: Progress) -> Teac
         name="digits", module=module, task="classification",
         inputs=(TensorSpec(options.input_name or "input", "FP32", (-1, 64)),),
         outputs=(TensorSpec(options.output_name or "logits", "FP32", (-1, 10)),),
-        labels=splits.labels, recipe=recipe, make_student=student, output_layer="head")
+        labels=splits.labels, recipe=recipe, make_student=student, output_layer="head"), splits
 
 
 BUILTIN_TEACHERS: dict[str, TeacherSource] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +15,10 @@ from torch.nn import functional as F
 from compression import distributed
 from compression.data import Splits
 from compression.progress import Progress
+from modelrepo.measure import count
 
 __all__ = ["LossFn", "ScoreFn", "TrainOptions", "TrainResult", "accuracy", "fit", "label_score",
-           "outputs_of", "seed_everything"]
+           "outputs_of", "seed_everything", "tensors"]
 
 # loss(model outputs, labels or None, row indices into the training split) -> scalar.
 # The indices let a loss look up per-row targets such as precomputed teacher outputs.
@@ -65,14 +66,19 @@ def seed_everything(seed: int) -> None:
     torch.set_num_threads(TRAIN_THREADS)
 
 
+def tensors(x: Mapping[str, np.ndarray], rows: slice | np.ndarray = slice(None)) -> tuple[torch.Tensor, ...]:
+    """The model's positional arguments: the named input arrays (in input order) at `rows`."""
+    return tuple(torch.from_numpy(np.ascontiguousarray(a[rows])) for a in x.values())
+
+
 @torch.no_grad()
-def outputs_of(model: nn.Module, x: np.ndarray) -> torch.Tensor:
-    """Eval-mode outputs (the first output when there are several) for a whole array."""
+def outputs_of(model: nn.Module, x: Mapping[str, np.ndarray]) -> torch.Tensor:
+    """Eval-mode outputs (the first output when there are several) for every row of the inputs."""
     was_training = model.training
     model.eval()
     parts = []
-    for start in range(0, len(x), EVAL_ROWS):
-        out = model(torch.from_numpy(x[start:start + EVAL_ROWS]))
+    for start in range(0, count(x), EVAL_ROWS):
+        out = model(*tensors(x, slice(start, start + EVAL_ROWS)))
         parts.append(out[0] if isinstance(out, (tuple, list)) else out)
     model.train(was_training)
     return torch.cat(parts)
@@ -124,7 +130,7 @@ def fit(model: nn.Module, splits: Splits, options: TrainOptions, progress: Progr
     torch.manual_seed(options.seed)
     # Our own generator for shuffling, so the order does not depend on what ran before.
     order = torch.Generator().manual_seed(options.seed)
-    x = torch.from_numpy(splits.x_train)
+    x = tuple(torch.from_numpy(a) for a in splits.x_train.values())
     y = None if splits.y_train is None else torch.from_numpy(splits.y_train)
     if loss_fn is None or score_fn is None:
         if y is None:
@@ -144,9 +150,9 @@ def fit(model: nn.Module, splits: Splits, options: TrainOptions, progress: Progr
     with progress.bar(options.epochs, desc) as bar:
         for epoch in range(1, options.epochs + 1):
             runner.train()
-            for rows in _epoch_rows(len(x), epoch, options, order):
+            for rows in _epoch_rows(len(x[0]), epoch, options, order):
                 optimizer.zero_grad(set_to_none=True)
-                out = runner(x[rows])
+                out = runner(*(t[rows] for t in x))
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 loss = loss_fn(out, None if y is None else y[rows], rows)
                 loss.backward()

@@ -10,24 +10,28 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
-from compression import distributed, evaluate
+from compression import distributed
 from compression.data import Splits
 from compression.distill import DistillOptions, distill, feature_loss, kd_loss
 from compression.errors import UsageError
 from compression.export import export_onnx
 from compression.factory import load_callable, make_module
-from compression.host import cpu_flags
 from compression.progress import Progress
 from compression.prune import PruneOptions, count_macs_params, narrow, output_layers, prune
-from compression.quantize import Budget, QuantizeOptions, search
 from compression.share import ShareOptions, share_weights
 from compression.teachers import Teacher
-from compression.train import TrainOptions, accuracy, fit, outputs_of, seed_everything
+from compression.train import TrainOptions, accuracy, fit, outputs_of, seed_everything, tensors
+from modelrepo.host import cpu_flags
+from modelrepo.int8 import QuantizeOptions, budget_for, resolved_reduce_range, search
+from modelrepo.measure import run
+from modelrepo.onnxinfo import int8_weights, onnx_macs
+from modelrepo.session import open_session
 
-__all__ = ["VARIANTS", "BuildContext", "Made", "VariantOptions", "VariantSpec", "plan"]
+__all__ = ["VARIANTS", "BuildContext", "Made", "VariantOptions", "VariantMaker", "plan"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class BuildContext:
 
     teacher: Teacher
     splits: Splits
-    calibration: np.ndarray
+    calibration: dict[str, np.ndarray]
     options: VariantOptions
     progress: Progress
     host: dict[str, Any] = field(default_factory=dict)
@@ -68,8 +72,9 @@ class BuildContext:
         return distributed.is_main()
 
     @property
-    def example(self) -> torch.Tensor:
-        return torch.from_numpy(self.splits.x_train[:2])
+    def example(self) -> tuple[torch.Tensor, ...]:
+        """Two training rows of every input, as the module's positional arguments."""
+        return tensors(self.splits.x_train, slice(0, 2))
 
     def distill_loss(self) -> str:
         loss = self.options.distill.loss
@@ -93,11 +98,11 @@ class Made:
     """Unserved comparison rows for the manifest's `baselines`."""
 
 
-Maker = Callable[[BuildContext, "VariantSpec", Path], Made]
+Maker = Callable[[BuildContext, "VariantMaker", Path], Made]
 
 
 @dataclass(frozen=True)
-class VariantSpec:
+class VariantMaker:
     name: str
     kind: str
     parent: str | None
@@ -111,14 +116,14 @@ def _export(ctx: BuildContext, module: nn.Module, path: Path) -> None:
         export_onnx(module, path, ctx.teacher.inputs, ctx.teacher.outputs, ctx.example)
 
 
-def make_teacher(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
+def make_teacher(ctx: BuildContext, spec: VariantMaker, path: Path) -> Made:
     """The teacher as it is (trained or loaded earlier), exported; an ONNX teacher is copied."""
     module = ctx.teacher.module
     if module is None:
         if ctx.main:
             path.parent.mkdir(parents=True, exist_ok=True)
             onnx.save_model(onnx.load(str(ctx.teacher.onnx_file)), str(path))  # external data inlined
-        macs = evaluate.onnx_macs(path, ctx.splits.x_train[:1]) if ctx.main else 0
+        macs = onnx_macs(path, {k: v[:1] for k, v in ctx.splits.x_train.items()}) if ctx.main else 0
         return Made(ctx.teacher.recipe, macs)
     _export(ctx, module, path)
     macs, _ = count_macs_params(module, ctx.example)
@@ -146,9 +151,10 @@ def _student(ctx: BuildContext, teacher: nn.Module) -> tuple[nn.Module, dict[str
         about = {"source": "teacher narrowed (same graph, hidden widths scaled, re-initialised)",
                  "width": options.student_width}
     with torch.no_grad():
-        want = outputs_of(teacher, ctx.splits.x_train[:2]).shape
+        two = {k: v[:2] for k, v in ctx.splits.x_train.items()}
+        want = outputs_of(teacher, two).shape
         try:
-            got = outputs_of(student, ctx.splits.x_train[:2]).shape
+            got = outputs_of(student, two).shape
         except Exception as error:
             raise UsageError(f"the student cannot run on the data: {error}") from error
     if got != want:
@@ -158,7 +164,7 @@ def _student(ctx: BuildContext, teacher: nn.Module) -> tuple[nn.Module, dict[str
     return student, {**about, "layer_widths": widths}
 
 
-def make_distilled(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
+def make_distilled(ctx: BuildContext, spec: VariantMaker, path: Path) -> Made:
     """A small student distilled from the parent, plus (labelled classifiers) the same student
     trained on labels alone: Hinton's control."""
     teacher = ctx.made[spec.parent].module
@@ -206,7 +212,7 @@ def _baseline(ctx: BuildContext, teacher: nn.Module, trained: nn.Module,
             "build_seconds": round(result.seconds, 2)}
 
 
-def make_pruned(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
+def make_pruned(ctx: BuildContext, spec: VariantMaker, path: Path) -> Made:
     """Structural pruning of the parent's neurons / channels, each step followed by recovery
     distilled from the parent."""
     parent = ctx.made[spec.parent].module
@@ -217,7 +223,7 @@ def make_pruned(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
     model = copy.deepcopy(parent)
     keep = output_layers(model, ctx.example, ctx.teacher.output_layer)
     task = ctx.teacher.task
-    rows = ctx.splits.x_train[:256]
+    rows = {k: v[:256] for k, v in ctx.splits.x_train.items()}
     targets = outputs_of(parent, rows)
 
     def finetune(pruned: nn.Module, epochs: int, step_no: int) -> None:
@@ -226,7 +232,7 @@ def make_pruned(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
             distill(pruned, parent, ctx.splits, recovery, ctx.progress, f"{spec.name} step {step_no}", task)
 
     def gradient_loss(m: nn.Module) -> torch.Tensor:
-        out = m(torch.from_numpy(rows))
+        out = m(*tensors(rows))
         if guide.loss == "kd":
             return kd_loss(out, targets, None, guide.temperature, 1.0)
         return feature_loss(out, targets, guide.loss)
@@ -255,45 +261,31 @@ def make_pruned(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
     return Made(recipe, report.macs_after, model)
 
 
-def _budget(ctx: BuildContext, reference: np.ndarray) -> Budget:
-    """The int8 budget against the parent's validation outputs (ONNX Runtime, this CPU)."""
-    q, splits = ctx.options.quantize, ctx.splits
-    if ctx.teacher.task == "classification":
-        if splits.labelled:
-            score = (lambda out: float((out.argmax(axis=1) == splits.y_val).mean()))
-            return Budget("accuracy", score(reference), max_drop_points=q.max_drop, score=score)
-        top1 = reference.argmax(axis=1)
-        return Budget("agreement", 1.0, min_value=q.min_fidelity,
-                      score=lambda out: float((out.argmax(axis=1) == top1).mean()))
-    return Budget("cosine_mean", 1.0, min_value=q.min_fidelity,
-                  score=lambda out: evaluate.embedding_quality(out, reference)["cosine_mean"])
-
-
-def make_int8(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
-    """int8 of the parent's ONNX file, within the quality budget (see compression.quantize)."""
+def make_int8(ctx: BuildContext, spec: VariantMaker, path: Path) -> Made:
+    """int8 of the parent's ONNX file, within the quality budget (see modelrepo.int8)."""
     options = ctx.options.quantize
     parent_file = ctx.files[spec.parent]
     x_val = ctx.splits.x_val
-    reference = evaluate.run(evaluate.session(parent_file), x_val)
-    budget = _budget(ctx, reference)
-    reduce_range = options.resolved_reduce_range(cpu_flags())
-    what = (f"{options.calibration_method}, {len(ctx.calibration)} samples"
-            if options.mode == "static" else "dynamic")
+    reference = run(open_session(parent_file), x_val)
+    budget = budget_for(ctx.teacher.task, reference, ctx.splits.y_val, options)
+    reduce_range = resolved_reduce_range(options, cpu_flags())
+    samples = len(next(iter(ctx.calibration.values())))
+    what = (f"{options.calibration_method}, {samples} samples" if options.mode == "static" else "dynamic")
     with ctx.progress.step(f"{spec.name}: quantize {spec.parent} ({what})") as step:
-        result = search(parent_file, path, ctx.teacher.inputs[0].name, ctx.calibration, x_val,
-                        reference, budget, options, reduce_range, ctx.progress, spec.name)
+        result = search(parent_file, path, ctx.calibration, x_val, reference, budget, options,
+                        reduce_range, lambda line: ctx.progress.line(f"{spec.name}: {line}"))
         step.note(f"{budget.metric} {budget.parent_value:.4f} -> {result.value:.4f} on validation, "
                   f"budget {'met' if result.met else 'MISSED'}, fp32 nodes: "
                   f"{', '.join(result.fp32_nodes) or 'none'}")
     params = {"source": spec.parent, **options.as_params(),
-              "calibration_samples": len(ctx.calibration) if options.mode == "static" else None,
+              "calibration_samples": samples if options.mode == "static" else None,
               "reduce_range": reduce_range,
               "budget": budget.as_params(), "accuracy_aware": options.accuracy_aware,
               "budget_met": result.met, "validation_value": round(result.value, 6),
               "fp32_nodes": result.fp32_nodes, "attempts": result.attempts,
               "sensitivity": result.sensitivity,
-              "int8_weight_elements": evaluate.int8_weights(path),
-              "checked_on": {"runtime": f"onnxruntime {evaluate.ort.__version__} CPUExecutionProvider",
+              "int8_weight_elements": int8_weights(path),
+              "checked_on": {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
                              "cpu": ctx.host.get("cpu"),
                              "int8_features": ctx.host.get("int8_features", [])}}
     if options.mode == "dynamic":
@@ -302,7 +294,7 @@ def make_int8(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
     return Made({"name": name, "params": params}, ctx.made[spec.parent].macs)
 
 
-def make_shared(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
+def make_shared(ctx: BuildContext, spec: VariantMaker, path: Path) -> Made:
     """Deep Compression weight sharing of the parent's ONNX file (storage only)."""
     options = ctx.options.share
     source = ctx.files[spec.parent]
@@ -318,14 +310,14 @@ def make_shared(ctx: BuildContext, spec: VariantSpec, path: Path) -> Made:
 
 
 # name -> spec; a chain is one line (the int8 maker quantizes whatever its parent wrote).
-VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in (
-    VariantSpec("teacher", "teacher", None, make_teacher),
-    VariantSpec("distilled", "distilled", "teacher", make_distilled, trains=True),
-    VariantSpec("pruned", "pruned", "teacher", make_pruned, trains=True),
-    VariantSpec("int8", "int8", "teacher", make_int8),
-    VariantSpec("distilled+int8", "distilled+int8", "distilled", make_int8),
-    VariantSpec("pruned+int8", "pruned+int8", "pruned", make_int8),
-    VariantSpec("shared", "shared", "teacher", make_shared),
+VARIANTS: dict[str, VariantMaker] = {spec.name: spec for spec in (
+    VariantMaker("teacher", "teacher", None, make_teacher),
+    VariantMaker("distilled", "distilled", "teacher", make_distilled, trains=True),
+    VariantMaker("pruned", "pruned", "teacher", make_pruned, trains=True),
+    VariantMaker("int8", "int8", "teacher", make_int8),
+    VariantMaker("distilled+int8", "distilled+int8", "distilled", make_int8),
+    VariantMaker("pruned+int8", "pruned+int8", "pruned", make_int8),
+    VariantMaker("shared", "shared", "teacher", make_shared),
 )}
 
 

@@ -15,9 +15,10 @@ import onnxruntime as ort
 import psutil
 
 from server.errors import RepositoryError
-from server.session_options import open_session
+from modelrepo.measure import rows_per_run, run_in_slices
+from modelrepo.session import open_session
 
-__all__ = ["Session", "SessionStats", "ORT_TO_NUMPY", "prime_onnxruntime", "rows_per_run", "run_in_slices"]
+__all__ = ["Session", "SessionStats", "ORT_TO_NUMPY", "prime_onnxruntime"]
 
 log = logging.getLogger(__name__)
 
@@ -138,29 +139,3 @@ def _has_sequence_axis(session: ort.InferenceSession) -> bool:
     return (all(len(i.shape) == 2 and not isinstance(i.shape[0], int) and not isinstance(i.shape[1], int)
                 for i in inputs)
             and all(len(o.shape) >= 1 and not isinstance(o.shape[0], int) for o in outputs))
-
-
-def rows_per_run(feeds: Mapping[str, np.ndarray], max_tokens_per_run: int) -> int | None:
-    """How many rows of a [batch, sequence] batch to run at once so one run holds at most
-    `max_tokens_per_run` tokens (at least one row); None when the batch fits or the budget is 0.
-
-    Why: a transformer's activations grow with batch x sequence; past about a thousand tokens they
-    leave the CPU caches and every row gets slower (measured, MiniLM int8 at 128 tokens: 10.0 ms per
-    row at batch 32, 7.4 at batch 8, 8.4 at batch 1; benchmarks/minilm_inprocess.py prints batch 32
-    both ways)."""
-    if max_tokens_per_run <= 0:
-        return None
-    batch, tokens = next(iter(feeds.values())).shape[:2]
-    if batch * tokens <= max_tokens_per_run or batch == 1:
-        return None
-    return max(1, max_tokens_per_run // max(tokens, 1))
-
-
-def run_in_slices(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], rows: int | None,
-                  outputs: list[str] | None = None) -> list[np.ndarray]:
-    """`session.run` on all of `feeds`, or on `rows` rows at a time with the outputs concatenated."""
-    if rows is None:
-        return session.run(outputs, dict(feeds))
-    batch = next(iter(feeds.values())).shape[0]
-    parts = [session.run(outputs, {k: v[i:i + rows] for k, v in feeds.items()}) for i in range(0, batch, rows)]
-    return [np.concatenate(column) for column in zip(*parts)]

@@ -90,7 +90,7 @@ def test_manifest_has_every_documented_key(manifest: dict) -> None:
 
 
 def test_build_validator_agrees(manifest: dict) -> None:
-    from compression.manifest import validate
+    from modelrepo.schema import validate
 
     assert validate(manifest) == []
 
@@ -162,7 +162,7 @@ def test_int8_file_is_quantized(folder: Path) -> None:
 
 def test_stored_figures_recomputed_with_onnxruntime(folder: Path, manifest: dict) -> None:
     held = np.load(folder / "heldout.npz")
-    x, y = held["x"], held["y"]
+    x, y = held["input"], held["y"]  # arrays named after the model inputs
     assert x.dtype == np.float32 and x.shape == (360, 64) and 0 <= x.min() and x.max() <= 1
     teacher_top1 = None
     for name in manifest["variants"]:
@@ -183,10 +183,10 @@ def test_stored_figures_recomputed_with_onnxruntime(folder: Path, manifest: dict
 def test_calibration_sample_comes_from_training_split(folder: Path) -> None:
     from compression.data import load_data
 
-    calibration = np.load(folder / "calibration.npz")["x"]
+    calibration = np.load(folder / "calibration.npz")["input"]
     assert calibration.shape == (256, 64) and calibration.dtype == np.float32
     splits = load_data("digits", 0)
-    train_rows = {row.tobytes() for row in splits.x_train}
+    train_rows = {row.tobytes() for row in splits.x_train["x"]}
     assert all(row.tobytes() in train_rows for row in calibration)
 
 

@@ -40,10 +40,10 @@ def example() -> torch.Tensor:
 
 def test_conv_net_channels_shrink_through_batch_norm_and_residual(example: torch.Tensor) -> None:
     model = Net().eval()
-    keep = output_layers(model, example)
+    keep = output_layers(model, (example,))
     assert keep == [model.head]
     steps = []
-    report = prune(model, example, keep, PruneOptions(ratio=0.5, steps=2, round_to=None,
+    report = prune(model, (example,), keep, PruneOptions(ratio=0.5, steps=2, round_to=None,
                                                       finetune_epochs=4),
                    lambda m, epochs, step: steps.append((step, epochs)))
     assert steps == [(1, 2), (2, 2)]
@@ -63,7 +63,7 @@ def test_taylor_importance_uses_the_given_loss(example: torch.Tensor) -> None:
         calls.append(1)
         return m(example).pow(2).mean()
 
-    prune(model, example, [model.head], PruneOptions(ratio=0.25, importance="taylor", round_to=None,
+    prune(model, (example,), [model.head], PruneOptions(ratio=0.25, importance="taylor", round_to=None,
                                                      finetune_epochs=0), lambda *a: None, loss)
     assert calls == [1] and model.conv1.out_channels == 12
 
@@ -71,17 +71,17 @@ def test_taylor_importance_uses_the_given_loss(example: torch.Tensor) -> None:
 def test_a_fixed_reshape_is_a_clear_error(example: torch.Tensor) -> None:
     model = Net(fixed_reshape=True).eval()
     with pytest.raises(BuildError, match="fixed size"):
-        prune(model, example, [model.head], PruneOptions(round_to=None, finetune_epochs=0),
+        prune(model, (example,), [model.head], PruneOptions(round_to=None, finetune_epochs=0),
               lambda *a: None)
 
 
 def test_narrow_student_scales_widths_and_reinitialises(example: torch.Tensor) -> None:
     teacher = Net().eval()
-    student = narrow(teacher, example, [teacher.head], 0.25, seed=0)
-    assert layer_widths(student, example, [student.head]) == {"conv1": 4, "conv2": 4}
+    student = narrow(teacher, (example,), [teacher.head], 0.25, seed=0)
+    assert layer_widths(student, (example,), [student.head]) == {"conv1": 4, "conv2": 4}
     assert teacher.conv1.out_channels == 16  # the teacher is untouched
     assert student(example).shape == (4, 10)
-    again = narrow(teacher, example, [teacher.head], 0.25, seed=0)
+    again = narrow(teacher, (example,), [teacher.head], 0.25, seed=0)
     assert torch.equal(student.conv1.weight, again.conv1.weight)  # seeded
     kept = teacher.conv1.weight[:4]
     assert not torch.allclose(student.conv1.weight, kept)  # fresh weights, not the teacher's
@@ -93,14 +93,14 @@ def test_lifted_graphs_compute_what_the_originals_do(example: torch.Tensor) -> N
         warnings.simplefilter("ignore")
         program = torch.export.export(teacher, (example,), dynamic_shapes=({0: torch.export.Dim("b")},))
         traced = torch.jit.trace(teacher, example)
-    for lifted in (from_exported(program), from_torchscript(traced, example)):
+    for lifted in (from_exported(program), from_torchscript(traced, (example,))):
         kinds = {type(m) for m in lifted.modules()}
         assert {nn.Conv2d, nn.BatchNorm2d, nn.Linear} <= kinds
         x = torch.randn(7, 1, 8, 8)
         torch.testing.assert_close(lifted(x), teacher(x), rtol=1e-5, atol=1e-5)
-        assert count_macs_params(lifted, example)[0] == count_macs_params(teacher, example)[0]
+        assert count_macs_params(lifted, (example,))[0] == count_macs_params(teacher, (example,))[0]
         # and it prunes like the original
-        report = prune(lifted, example, output_layers(lifted, example),
+        report = prune(lifted, (example,), output_layers(lifted, (example,)),
                        PruneOptions(round_to=None, finetune_epochs=0), lambda *a: None)
         assert list(report.widths_after.values()) == [8, 8]
         assert lifted(x).shape == (7, 10)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from compression.manifest import validate, write_json_atomic
-from compression.repository import staged_model_dir
+from modelrepo.files import staged_model_dir, write_json_atomic
+from modelrepo.schema import validate
 
 
 def make_old(root: Path) -> Path:

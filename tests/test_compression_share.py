@@ -9,7 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compression import evaluate
+from modelrepo.measure import run
+from modelrepo.onnxinfo import onnx_parameters
+from modelrepo.session import open_session
 from compression.share import ShareOptions, kmeans_1d, pack_bits, share_weights, unpack_bits
 
 
@@ -65,10 +67,10 @@ def test_shared_file_is_smaller_and_rebuilds_the_codebook_weights(tmp_path: Path
     index = unpack_bits(inits["w__shared_indices"], bits, w.size)
     expected = codebook[index].reshape(w.shape)
     x = np.random.default_rng(4).normal(size=(5, 512)).astype(np.float32)
-    got = evaluate.run(evaluate.session(target), x)
+    got = run(open_session(target), {"x": x})
     np.testing.assert_allclose(got, x @ expected + np.arange(128, dtype=np.float32), rtol=1e-5, atol=1e-4)
     # Logical parameters, as in the fp32 file: the encoding is not counted as parameters.
-    assert evaluate.onnx_parameters(target) == evaluate.onnx_parameters(source) == 512 * 128 + 128
+    assert onnx_parameters(target) == onnx_parameters(source) == 512 * 128 + 128
 
 
 def test_old_opsets_are_refused(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def check_files(folder: Path, manifest: dict) -> None:
         assert len(data) == variant["bytes"]
     assert not list(folder.rglob("*.data"))  # weights inside the files
     assert {"report.md", "chart.png", "heldout.npz", "calibration.npz"} <= {p.name for p in folder.iterdir()}
-    from compression.manifest import validate
+    from modelrepo.schema import validate
     assert validate(manifest) == []
 
 
@@ -157,7 +157,8 @@ def test_factory_with_safetensors_and_unlabelled_npz_is_an_embedding(tiny: Path,
     recipe = m["variants"]["distilled"]["recipe"]["params"]
     assert recipe["loss"] == "mean(1-cos(s,t))"
     assert m["variants"]["distilled+int8"]["recipe"]["params"]["budget"] == {
-        "metric": "cosine_mean", "min_value": 0.99, "split": "validation", "parent_value": 1.0}
+        "metric": "cosine_mean", "min_value": 0.99, "split": "validation", "against": "the fp32 parent",
+        "parent_value": 1.0}
     assert m["variants"]["teacher"]["recipe"]["params"]["weights"] == "mlp.safetensors"
 
 
@@ -251,7 +252,7 @@ def bad(tiny: Path, tmp_path: Path, capsys, *args: str) -> str:
      "needs training"),
     (["--teacher", "{t}/mlp.pt", "--data", "{t}/missing.npz"], "data file not found"),
     (["--teacher", "{t}/mlp.pt", "--data", "{t}/garbage.npz"], "not a readable .npz"),
-    (["--teacher", "{t}/mlp.pt", "--data", "{t}/no_x.npz"], "no array named 'x'"),
+    (["--teacher", "{t}/mlp.pt", "--data", "{t}/no_x.npz"], "no input arrays"),
     (["--teacher", "{t}/mlp.pt", "--data", f"{MODULE}:broken"], "no data today"),
     (["--teacher", "{t}/mlp.pt", "--data", "no_such_module:data"], "cannot import"),
     (["--teacher", "{t}/mlp.pt", "--weights", "{t}/mlp.pth", "--data", "{t}/digits.npz"],
@@ -273,33 +274,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny: Path, tmp_path: P
     assert fragment in line
 
 
-def test_a_registered_teacher_with_its_own_pipeline_takes_the_command_line(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """How the built-in `minilm` teacher plugs in (compression.teachers docstring)."""
-    from compression import teachers
-
-    seen: list[list[str]] = []
-    source = teachers.TeacherSource("fake", None, None, delegate=lambda argv: seen.append(argv) or 7)
-    monkeypatch.setitem(teachers.BUILTIN_TEACHERS, "fake", source)
-    assert main(["--out", "somewhere", "--teacher", "fake", "--variants", "int8"]) == 7
-    assert main(["--teacher=fake"]) == 7
-    assert seen == [["--out", "somewhere", "--variants", "int8"], []]
-
-
 def test_a_registered_teacher_with_a_loader_goes_through_the_build(
         tiny: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     from compression import teachers
-    from compression.manifest import TensorSpec
+    from modelrepo.records import TensorSpec
 
     def load(splits, options, progress):
         import tinymodels
+
+        from compression.data import bind_inputs
 
         module = tinymodels.MLP()
         module.load_state_dict(torch.load(tiny / "mlp.pth", weights_only=True))
         return teachers.Teacher("registered", module, "classification",
                                 (TensorSpec("input", "FP32", (-1, 64)),),
                                 (TensorSpec("logits", "FP32", (-1, 10)),), splits.labels,
-                                {"name": "load", "params": {}})
+                                {"name": "load", "params": {}}), bind_inputs(splits, ["input"], "registered")
 
     source = teachers.TeacherSource("registered", str(tiny / "digits.npz"), load)
     monkeypatch.setitem(teachers.BUILTIN_TEACHERS, "registered", source)

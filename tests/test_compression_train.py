@@ -14,7 +14,7 @@ from compression.train import TrainOptions, fit
 def splits():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8)).astype(np.float32)
-    return split_arrays("toy", x, (x[:, 0] > 0).astype(np.int64), 0)
+    return split_arrays("toy", {"x": x}, (x[:, 0] > 0).astype(np.int64), 0)
 
 
 def test_early_stopping_ends_after_patience_epochs_without_progress() -> None:

@@ -33,7 +33,7 @@ def test_every_variant_through_the_server_equals_onnx_runtime(digits_repo: Path,
     folder = digits_repo / "digits"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {"teacher", "distilled", "pruned", "int8"} <= set(manifest["variants"])
-    x = np.load(folder / "heldout.npz")["x"][:32].astype(np.float32)
+    x = np.load(folder / "heldout.npz")["input"][:32].astype(np.float32)
     client = triton.InferenceServerClient(digits_server.url)
     for variant, entry in manifest["variants"].items():
         result = client.infer("digits", [_input(x)], model_version=variant)

@@ -103,7 +103,7 @@ def test_client_cli_sends_text(text_server, tmp_path: Path) -> None:
 def test_batches_over_the_token_budget_run_in_slices(tmp_path: Path) -> None:
     """--max-tokens-per-run splits a long batch into runs of fewer rows; every row still gets its own
     embedding, in order."""
-    from server.runtime import rows_per_run
+    from modelrepo.measure import rows_per_run
 
     folder = write_text_repository(tmp_path)
     sentences = ["the cat sat on the mat", "a big red dog ran fast", "house", "the slow dog",

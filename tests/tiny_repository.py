@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from modelrepo.schema import validate
+
 FEATURES, CLASSES = 8, 3
 
 
@@ -76,12 +78,18 @@ def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None =
             "parameters": int(w.size + bias.size),
             "macs": int(w.size),
             "quality": {"accuracy": accuracy, "agreement": 1.0 if vname == "teacher" else 0.97},
-            "latency": {"threads": 1, "batch_1": {"p50_ms": latency, "p95_ms": latency * 2, "runs": 10}},
+            "latency": {"threads": 1, "cpu": "test",
+                        "batch_1": {"p50_ms": latency, "p95_ms": latency * 2, "runs": 10},
+                        "batch_32": {"p50_ms": latency * 8, "p95_ms": latency * 16, "runs": 10}},
+            "build_seconds": 0.0,
         }
     manifest = {
         "schema_version": 1,
         "name": name,
         "task": "classification",
+        "created": "2026-01-01T00:00:00Z",
+        "host": {"cpu": "test", "cores": 1, "int8_features": []},
+        "tools": {"python": "3.11", "onnx": onnx.__version__, "onnxruntime": "test", "slimserve": "test"},
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, FEATURES]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, CLASSES]}],
         "primary_metric": "accuracy",
@@ -93,6 +101,8 @@ def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None =
     x = rng.normal(size=(256, FEATURES)).astype(np.float32)
     np.savez(folder / "heldout.npz", x=x[:128], y=(x[:128] @ weight + bias).argmax(axis=1))
     np.savez(folder / "calibration.npz", x=x[128:])
-    manifest["data"] = {"heldout_file": "heldout.npz", "calibration_file": "calibration.npz"}
+    manifest["data"] = {"name": "random", "seed": 0, "splits": {"test": 128},
+                        "heldout_file": "heldout.npz", "calibration_file": "calibration.npz"}
+    assert validate(manifest) == [], validate(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder

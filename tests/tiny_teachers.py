@@ -149,7 +149,7 @@ def write_tiny_teachers(root: Path) -> Path:
     np.savez(root / "digits_unlabelled.npz", x=x)
     np.savez(root / "images.npz", x=images, y=y)
     np.savez(root / "narrow.npz", x=x[:, :32], y=y)
-    np.savez(root / "no_x.npz", rows=x)
+    np.savez(root / "no_x.npz", y=y)  # labels only: no input arrays
     (root / "garbage.pt").write_bytes(b"not a model")
     (root / "garbage.npz").write_bytes(b"not an archive")
 

@@ -1,4 +1,4 @@
-"""The ONNX Runtime session settings every slimserve session uses: the server's and every measurement's."""
+"""The ONNX Runtime session recipe every slimserve session uses: the server's and every measurement's."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-import compression
 
 __all__ = ["INT8_FLAGS", "cpu_flags", "cpu_model", "host_record", "int8_features", "tool_versions"]
 
@@ -58,8 +57,9 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
-def tool_versions() -> dict[str, str]:
-    """Versions of the tools whose numerics shape the variants (from package metadata)."""
-    return {"python": platform.python_version(), "torch": _version("torch"),
-            "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime"),
-            "torch_pruning": _version("torch-pruning"), "slimserve": compression.__version__}
+def tool_versions(*extra: str) -> dict[str, str]:
+    """Versions of the tools whose numerics shape the variants (from package metadata), plus the
+    distributions named in `extra` (e.g. torch, transformers), keyed with `_` for `-`."""
+    versions = {"python": platform.python_version(), "onnx": _version("onnx"),
+                "onnxruntime": _version("onnxruntime"), "slimserve": _version("slimserve")}
+    return {**versions, **{name.replace("-", "_"): _version(name) for name in extra}}
