@@ -24,7 +24,7 @@ __all__ = ["ARRAY_CASES", "TOKEN_CASES", "Case", "cases", "default_runs", "measu
 ARRAY_CASES: dict[str, tuple[int, int | None]] = {"batch_1": (1, None), "batch_32": (32, None)}
 TOKEN_CASES: dict[str, tuple[int, int | None]] = {
     "batch_1": (1, 16), "batch_1_long": (1, 128), "batch_32": (32, 128), "batch_32_short": (32, 16)}
-RUNS = {"batch_1": 200, "batch_32": 100, "batch_1_long": 60, "batch_32_short": 60}
+RUNS = {"batch_1": 200, "batch_32": 100}
 TOKEN_RUNS = {"batch_1": 200, "batch_1_long": 60, "batch_32": 12, "batch_32_short": 60}
 
 Case = tuple[int, int | None, list[dict[str, np.ndarray]]]

@@ -54,6 +54,20 @@ class Embedder(nn.Module):
         return self.proj(torch.tanh(self.fc1(x)))
 
 
+class TwoInput(nn.Module):
+    """Two named inputs (left and right half of a digit), merged after one layer each."""
+    def __init__(self, hidden=48):
+        super().__init__()
+        self.left = nn.Linear(32, hidden)
+        self.right = nn.Linear(32, hidden)
+        self.fc = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 10)
+
+    def forward(self, x1, x2):
+        h = torch.relu(self.left(x1) + self.right(x2))
+        return self.out(torch.relu(self.fc(h)))
+
+
 def make_mlp():
     return MLP()
 
@@ -120,11 +134,12 @@ def _fit(module, x: np.ndarray, y: np.ndarray, epochs: int):
 
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xs = tuple(torch.from_numpy(a) for a in (x if isinstance(x, tuple) else (x,)))
+    yt = torch.from_numpy(y)
     module.train()
     for _ in range(epochs):
         optimizer.zero_grad()
-        F.cross_entropy(module(xt), yt).backward()
+        F.cross_entropy(module(*xs), yt).backward()
         optimizer.step()
     return module.eval()
 
@@ -158,6 +173,8 @@ def write_tiny_teachers(root: Path) -> Path:
     torch.save(mlp.state_dict(), root / "mlp.pth")
     torch.save({"fc1.weight": torch.zeros(3, 3)}, root / "wrong.pth")
     torch.jit.script(mlp).save(str(root / "mlp.pt"))
+    np.savez(root / "two.npz", x1=x[:, :32], x2=x[:, 32:], y=y)
+    torch.jit.script(_fit(tiny.TwoInput(), (x[:, :32], x[:, 32:]), y, 60)).save(str(root / "two.pt"))
     cnn = _fit(tiny.CNN(), images, y, 40)
     example = torch.from_numpy(images[:2])
     with warnings.catch_warnings():
