@@ -16,6 +16,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from modelrepo.schema import validate
 from protos import compression_pb2 as cpb
 from protos import compression_pb2_grpc as cpb_grpc
 from server_process import ServerProcess, start_server
@@ -119,6 +120,11 @@ def test_on_the_fly_int8_under_load_with_zero_failures(server: ServerProcess) ->
         listed = {v.name: v for v in admin.ListVariants(cpb.ListVariantsRequest(model="tiny"), timeout=10).variants}
         assert listed["int8"].loaded and listed["int8"].bytes > 0
         assert not list(folder.glob(".*partial*")), "staging folder left behind"
+        # The entry the job wrote is a full one: the manifest still passes the one validate().
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert validate(manifest) == []
+        entry = manifest["variants"]["int8"]
+        assert {"batch_1", "batch_32"} <= entry["latency"].keys() and entry["recipe"]["params"]["budget_met"]
     finally:
         stop.set()
         for t in threads:
