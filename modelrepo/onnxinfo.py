@@ -53,7 +53,9 @@ def onnx_parameters(path: Path) -> int:
                 count += int(np.prod(numpy_helper.to_array(tensor), dtype=np.int64))
             continue
         is_float = tensor.data_type in FLOAT_TYPES
-        if name in quantized or (is_float and name not in encoding):
+        # An int8 table read by Gather (dynamic int8 of embeddings) is dequantized after the lookup.
+        is_int8 = tensor.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(tensor.dims) > 1
+        if name in quantized or ((is_float or is_int8) and name not in encoding):
             count += int(np.prod(tensor.dims, dtype=np.int64))
     return count
 

@@ -97,7 +97,9 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
     teacher_out = run(open_session(teacher_file), heldout)
     measured = quality(task, run(open_session(target), heldout), labels, teacher_out)
     _step("measuring latency")
-    latency = measure_latency({name: target}, cases(heldout), default_runs(token_model), cpu=cpu_model())[name]
+    max_tokens = (manifest.get("tokenizer") or {}).get("max_length")
+    latency = measure_latency({name: target}, cases(heldout, max_tokens), default_runs(token_model),
+                              cpu=cpu_model())[name]
     recipe_params = {"source": parent, **options.as_params(), "reduce_range": reduce_range,
                      "budget": budget.as_params(), "budget_met": result.met, "fp32_nodes": result.fp32_nodes,
                      "attempts": result.attempts}

@@ -235,7 +235,9 @@ class Registry:
         # lengths may share a run once padded; the manifest opts in with tokenizer.pad_merge.
         pad_values: dict[str, int] = {}
         if spec.tokenizer and spec.tokenizer.get("pad_merge", True):
-            pad_values = {t.name: 0 for t in spec.inputs
+            # Token ids pad with the tokenizer's pad id (RoBERTa: 1), masks and segments with 0.
+            pad_id = int(spec.tokenizer.get("pad_id") or 0)
+            pad_values = {t.name: pad_id if t.name == "input_ids" else 0 for t in spec.inputs
                           if t.name in ("input_ids", "attention_mask", "token_type_ids") and len(t.shape) == 2}
         batcher = Batcher(
             run,

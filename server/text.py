@@ -27,6 +27,8 @@ class TextConfig:
     path: Path
     max_length: int
     text_input: str = "text"
+    pad_id: int | None = None
+    """The id padding gets (RoBERTa: 1); None: the tokenizer's [PAD] token, else 0."""
 
 
 class TextEncoder:
@@ -38,8 +40,10 @@ class TextEncoder:
         except Exception as exc:  # the tokenizers library raises its own Exception type
             raise RepositoryError(f"{config.path}: cannot read the tokenizer: {exc}") from None
         tokenizer.enable_truncation(max_length=config.max_length)
-        pad_id = tokenizer.token_to_id("[PAD]")
-        tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        pad_id = config.pad_id if config.pad_id is not None else tokenizer.token_to_id("[PAD]")
+        pad_id = 0 if pad_id is None else pad_id
+        pad_token = tokenizer.id_to_token(pad_id) or "[PAD]"
+        tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
         self._tokenizer = tokenizer
         self.config = config
         self.token_inputs = token_inputs
@@ -50,8 +54,9 @@ class TextEncoder:
         path = (folder / file).resolve()
         if not path.is_relative_to(folder.resolve()):
             raise RepositoryError(f"tokenizer file {file!r} leaves the model folder; refusing to load it")
-        return TextEncoder(TextConfig(path, int(entry.get("max_length", 256)), str(entry.get("text_input", "text"))),
-                           token_inputs)
+        pad_id = entry.get("pad_id")
+        return TextEncoder(TextConfig(path, int(entry.get("max_length", 256)), str(entry.get("text_input", "text")),
+                                      None if pad_id is None else int(pad_id)), token_inputs)
 
     def encode(self, texts: np.ndarray) -> dict[str, np.ndarray]:
         """BYTES array of shape [n] or [n, 1] -> {input_ids, attention_mask, token_type_ids} as int64 [n, seq]."""
