@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tritonclient.grpc as triton  # noqa: E402
+from server_process import ServerProcess, start_server  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype  # noqa: E402
 
 from clients.errors import MetricsError  # noqa: E402
-from modelrepo.arrays import read_feeds  # noqa: E402
-from modelrepo.host import cpu_model  # noqa: E402
 from clients.metrics import MetricsSnapshot, fetch_metrics  # noqa: E402
 from clients.report import fmt, percentiles, table  # noqa: E402
-from server_process import ServerProcess, start_server  # noqa: E402
+from modelrepo.arrays import read_feeds  # noqa: E402
+from modelrepo.host import cpu_model  # noqa: E402
 from modelrepo.session import open_session  # noqa: E402
 
 __all__ = ["main"]
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for variant in variants:
         sess = open_session(folder / manifest["variants"][variant]["file"], 1)  # as `--intra-op-threads 1`
         feeds = dict(inputs)
-        local = timed_loop(lambda s=sess: s.run(None, feeds), args.requests, args.max_seconds, args.warmup)
+        local = timed_loop(lambda s=sess, f=feeds: s.run(None, f), args.requests, args.max_seconds, args.warmup)
         rows[variant] = Row(variant, local)
         print(f"  in-process {variant:<12} p50 {local.p50:.3f} ms  p95 {local.p95:.3f} ms  "
               f"({len(local.latencies_ms)} runs)", flush=True)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from server_process import start_server  # noqa: E402
+
 from modelrepo.arrays import read_feeds  # noqa: E402
 from modelrepo.measure import rows_per_run, run_in_slices  # noqa: E402
 from modelrepo.session import open_session  # noqa: E402

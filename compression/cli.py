@@ -35,7 +35,7 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
     return values
@@ -45,7 +45,7 @@ def _indices(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
     if not values or min(values) < 0 or len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"expected distinct indices >= 0, got {text!r}")
     return values
@@ -58,7 +58,7 @@ def _ranged(kind: type, low: float, high: float | None = None, low_open: bool = 
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         below = value < low or (low_open and value == low)
         above = high is not None and (value > high or (high_open and value == high))
         if below or above:

@@ -88,7 +88,9 @@ def split_arrays(name: str, x: dict[str, np.ndarray], y: np.ndarray | None, seed
         stratified = False
         rest, test = train_test_split(rows, test_size=0.2, random_state=seed)
         train, val = train_test_split(rest, test_size=0.25, random_state=seed)
-    pick = (lambda a, r: None if a is None else a[r])
+    def pick(a: np.ndarray | None, r: np.ndarray) -> np.ndarray | None:
+        return None if a is None else a[r]
+
     return Splits(name, seed, take(x, train), pick(y, train), take(x, val), pick(y, val), take(x, test),
                   pick(y, test), labels, stratified)
 

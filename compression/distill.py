@@ -11,15 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from compression.data import Splits
 from compression.progress import Progress
-from compression.train import (LossFn, ScoreFn, TrainOptions, TrainResult, fit, label_score,
-                               outputs_of)
+from compression.train import LossFn, ScoreFn, TrainOptions, TrainResult, fit, label_score, outputs_of
 
 __all__ = ["DISTILL_LOSSES", "DistillOptions", "distill", "feature_loss", "fidelity_score",
            "kd_loss", "kd_loss_fn"]

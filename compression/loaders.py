@@ -18,13 +18,13 @@ from torch import nn
 from compression.data import Splits, bind_inputs
 from compression.errors import UsageError
 from compression.factory import load_callable, make_module
+from compression.progress import Progress
+from compression.teachers import Teacher, TeacherOptions, TeacherSource
+from compression.train import tensors
 from modelrepo.files import sha256_file
 from modelrepo.measure import run, take
 from modelrepo.records import TensorSpec
 from modelrepo.session import open_session
-from compression.progress import Progress
-from compression.teachers import Teacher, TeacherOptions, TeacherSource
-from compression.train import tensors
 
 __all__ = ["exported", "factory", "onnx_file", "torchscript"]
 

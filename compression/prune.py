@@ -104,7 +104,9 @@ def output_layers(model: nn.Module, example: tuple[torch.Tensor, ...], named: st
 
 def layer_widths(model: nn.Module, example: tuple[torch.Tensor, ...], keep: list[nn.Module]) -> dict[str, int]:
     """Output neurons / channels of each prunable layer but the kept ones."""
-    width = (lambda m: m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+    def width(m: nn.Module) -> int:
+        return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
     return {n: width(m) for n, m in prunable_layers(model, example) if all(m is not k for k in keep)}
 
 

@@ -7,7 +7,6 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-
 __all__ = ["INT8_FLAGS", "cpu_flags", "cpu_model", "host_record", "int8_features", "tool_versions"]
 
 # CPU features that decide which int8 kernels ONNX Runtime can use (VNNI/AMX: fast u8×s8 dots).

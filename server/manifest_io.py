@@ -6,8 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelrepo import ManifestError
-from modelrepo import files
+from modelrepo import ManifestError, files
 from server.errors import RepositoryError
 
 __all__ = ["update_manifest"]

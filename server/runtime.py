@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import psutil
 
-from server.errors import RepositoryError
 from modelrepo.measure import rows_per_run, run_in_slices
 from modelrepo.session import open_session
+from server.errors import RepositoryError
 
 __all__ = ["Session", "SessionStats", "ORT_TO_NUMPY", "prime_onnxruntime"]
 
@@ -51,7 +51,7 @@ def _settled_rss(process: psutil.Process) -> int:
 def _load_libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # glibc only
+        _ = libc.malloc_trim  # glibc only: AttributeError elsewhere
         return libc
     except (OSError, AttributeError):
         return None

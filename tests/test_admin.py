@@ -14,13 +14,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
+from server_process import ServerProcess, start_server
+from tiny_repository import FEATURES, write_tiny_repository
 from tritonclient.utils import InferenceServerException
 
 from modelrepo.schema import validate
 from protos import compression_pb2 as cpb
 from protos import compression_pb2_grpc as cpb_grpc
-from server_process import ServerProcess, start_server
-from tiny_repository import FEATURES, write_tiny_repository
 
 
 def _input(x: np.ndarray) -> triton.InferInput:
@@ -75,8 +75,8 @@ def test_auto_and_shadow_agreement(server: ServerProcess) -> None:
     deadline = time.monotonic() + 10
     line = ""
     while time.monotonic() < deadline:
-        line = next((l for l in server.metrics().splitlines()
-                     if l.startswith('slimserve_shadow_agreement{model="tiny",variant="small"}')), "")
+        line = next((m for m in server.metrics().splitlines()
+                     if m.startswith('slimserve_shadow_agreement{model="tiny",variant="small"}')), "")
         if line:
             break
         time.sleep(0.2)

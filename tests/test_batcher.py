@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_repository import FEATURES, write_tiny_repository
 
 from server.batcher import Batcher
 from server.errors import DeadlineExceeded, ResourceExhausted
 from server.runtime import Session
-from tiny_repository import FEATURES, write_tiny_repository
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_concurrent_requests_merge_and_split_exactly(session: Session) -> None:
             await batcher.close()
             return list(zip(inputs, results))
 
-    for x, (outputs, timing) in asyncio.run(scenario()):
+    for x, (outputs, _timing) in asyncio.run(scenario()):
         np.testing.assert_array_equal(outputs[0], session.run({"input": x})[0])
         assert outputs[0].shape == (x.shape[0], 3)
     assert batches[0] == 1 and batches[1] == 10, batches  # first ran alone, the four queued ones merged

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

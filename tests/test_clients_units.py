@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.model import ModelInfo, TensorInfo
 from clients.errors import DataError
 from clients.inputs import fit, random_inputs
 from clients.metrics import default_metrics_url, parse_metrics
+from clients.model import ModelInfo, TensorInfo
 from clients.report import fmt, percentiles, table
 
 SCRAPE = """\

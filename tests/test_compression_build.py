@@ -144,7 +144,9 @@ def test_pruned_weight_tensors_really_shrink(folder: Path) -> None:
     assert pruned["fc1.weight"][0] < 1200 and pruned["fc1.weight"][1] == 64
     assert pruned["fc2.weight"][0] < 1200 and pruned["fc2.weight"][1] == pruned["fc1.weight"][0]
     assert pruned["head.weight"] == (10, pruned["fc2.weight"][0])
-    total = lambda shapes: sum(int(np.prod(s)) for s in shapes.values())
+    def total(shapes: dict) -> int:
+        return sum(int(np.prod(s)) for s in shapes.values())
+
     assert total(pruned) <= 0.5 * total(teacher)
     # and no weight is a zero-filled full-size matrix
     model = onnx.load(str(folder / "pruned/model.onnx"))

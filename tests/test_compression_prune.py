@@ -10,8 +10,7 @@ from torch import nn
 
 from compression.errors import BuildError
 from compression.lift import AnyBatchNorm, from_exported, from_torchscript
-from compression.prune import (PruneOptions, count_macs_params, layer_widths, narrow, output_layers,
-                               prune)
+from compression.prune import PruneOptions, count_macs_params, layer_widths, narrow, output_layers, prune
 
 
 class Net(nn.Module):

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from compression.share import ShareOptions, kmeans_1d, pack_bits, share_weights, unpack_bits
 from modelrepo.measure import run
 from modelrepo.onnxinfo import onnx_parameters
 from modelrepo.session import open_session
-from compression.share import ShareOptions, kmeans_1d, pack_bits, share_weights, unpack_bits
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

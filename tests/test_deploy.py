@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from server_process import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")

@@ -11,9 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
-
 from server_process import ROOT, ServerProcess, start_server
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_repository import write_tiny_repository
 
 from server.errors import NotFound, RepositoryError
 from server.repository import Repository
-from tiny_repository import write_tiny_repository
 
 
 def test_valid_manifest_loads(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from tiny_repository import write_tiny_repository
 
 from server.errors import InvalidInput, NotFound
 from server.repository import Repository
 from server.router import Router, parse_policy
-from tiny_repository import write_tiny_repository
 
 
 @pytest.fixture()

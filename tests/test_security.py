@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
-
 from certs import make_ca, make_leaf
 from server_process import start_server
 from tiny_repository import FEATURES, write_tiny_repository
+from tritonclient.utils import InferenceServerException
 
 
 def _infer(client: triton.InferenceServerClient, headers: dict | None = None) -> np.ndarray:

@@ -15,10 +15,9 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.utils import InferenceServerException
-
 from server_process import ROOT, ServerProcess, start_server
 from tiny_repository import FEATURES, write_tiny_repository
+from tritonclient.utils import InferenceServerException
 
 
 def _input(x: np.ndarray, name: str = "input", datatype: str = "FP32") -> triton.InferInput:

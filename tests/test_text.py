@@ -8,10 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
-from tritonclient.utils import InferenceServerException
-
 from server_process import start_server
 from tiny_text_repository import MAX_LENGTH, make_tokenizer, write_text_repository
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")
