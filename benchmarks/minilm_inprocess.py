@@ -1,6 +1,6 @@
 """Speed of every variant of the `minilm` embedding model: ONNX Runtime in-process, and through the server.
 
-Build the model first (`python -m compression.minilm.build --out model_repository`), then:
+Build the model first (`python -m compression.build --teacher minilm --out model_repository`), then:
 
     python benchmarks/minilm_inprocess.py [--repository model_repository] [--model minilm]
                                           [--threads 1] [--runs 200,60,12,60] [--json FILE]
@@ -8,10 +8,11 @@ Build the model first (`python -m compression.minilm.build --out model_repositor
 Per variant: p50/p95 latency at batch 1 for short (16 tokens) and long (128 tokens) inputs, and
 latency and throughput (sentences/s) at batch 32 of 128-token and of 16-token inputs; speed-ups are
 p50 against the teacher. Inputs are real held-out sentences from the model folder (`heldout.npz`), joined to fill
-each length. Sessions use the server's options (intra-op threads as given, 1 inter-op thread,
-sequential, all graph optimisations, no spinning), and the variants are interleaved run by run so
-that load from other processes falls on all of them alike. The model files are checked against
-the manifest's sha256 first.
+each length (`modelrepo.latency.cases`; lengths past the tokenizer's `max_length` are cut to it). Sessions
+use the server's recipe (`modelrepo.session`: intra-op threads as given, 1 inter-op thread, sequential,
+all graph optimisations, no spinning), and the variants are interleaved run by run so that load from
+other processes falls on all of them alike (`modelrepo.latency.measure_latency`). The model files are
+checked against the manifest's sha256 first.
 
 With `--server`, the same inputs (token ids, so the lengths are exact) are then sent through a fresh
 `python -m server` (loopback, `--intra-op-threads` = `--threads`, 1 request at a time, tritonclient)
@@ -31,18 +32,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compression.host import cpu_model, int8_features  # noqa: E402
-from compression.manifest import sha256_file  # noqa: E402
-from compression.minilm.measure import DEFAULT_RUNS, LATENCY_CASES, latency_feeds, measure_latency  # noqa: E402
+from modelrepo import ManifestError  # noqa: E402
+from modelrepo.arrays import read_feeds  # noqa: E402
+from modelrepo.files import read_manifest, sha256_file  # noqa: E402
+from modelrepo.host import cpu_model, int8_features  # noqa: E402
+from modelrepo.latency import TOKEN_CASES, TOKEN_RUNS, Case, cases, measure_latency  # noqa: E402
+from modelrepo.records import TensorSpec, parse_model  # noqa: E402
 
 __all__ = ["main"]
 
 
 def _runs(text: str) -> dict[str, int]:
     values = [int(x) for x in text.split(",")]
-    if len(values) != len(LATENCY_CASES) or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"--runs takes {len(LATENCY_CASES)} positive integers")
-    return dict(zip(LATENCY_CASES, values))
+    if len(values) != len(TOKEN_CASES) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--runs takes {len(TOKEN_CASES)} positive integers")
+    return dict(zip(TOKEN_CASES, values, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1)")
-    parser.add_argument("--runs", type=_runs, default=dict(DEFAULT_RUNS),
+    parser.add_argument("--runs", type=_runs, default=dict(TOKEN_RUNS),
                         help="timed runs for batch 1 x 16 tokens, 1 x 128, 32 x 128, 32 x 16 "
                              "(default 200,60,12,60)")
     parser.add_argument("--max-tokens-per-run", type=int, default=1024,
@@ -62,36 +66,41 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = args.repository / args.model
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"error: cannot read {folder / 'manifest.json'}: {exc}", file=sys.stderr)
+        manifest = read_manifest(folder)
+        spec = parse_model(folder, manifest, str(folder / "manifest.json"))
+        heldout, _ = read_feeds(folder / manifest["data"]["heldout_file"], [t.name for t in spec.inputs])
+    except (ManifestError, KeyError, TypeError) as exc:
+        print(f"error: {folder}: {exc}", file=sys.stderr)
         return 1
     paths = {}
-    for name, variant in manifest["variants"].items():
-        path = folder / variant["file"]
-        if sha256_file(path) != variant["sha256"]:
-            print(f"error: {path} does not match its sha256 in the manifest", file=sys.stderr)
+    for name, variant in spec.variants.items():
+        if sha256_file(variant.path) != variant.sha256:
+            print(f"error: {variant.path} does not match its sha256 in the manifest", file=sys.stderr)
             return 1
-        paths[name] = path
-    heldout = np.load(folder / manifest["data"]["heldout_file"])
-    feeds = latency_feeds(heldout["input_ids"], heldout["attention_mask"])
+        paths[name] = variant.path
+    feeds = cases(heldout, (spec.tokenizer or {}).get("max_length"))
+    if set(feeds) != set(TOKEN_CASES):
+        print(f"error: {args.model} does not take token inputs (input_ids, attention_mask)", file=sys.stderr)
+        return 1
 
-    timings = measure_latency(paths, feeds, args.runs, threads=args.threads)
+    big_batch, big_tokens, _ = feeds["batch_32"]
+    cpu = cpu_model()
+    timings = measure_latency(paths, feeds, args.runs, threads=args.threads, cpu=cpu)
     # The large batch again, run as the server runs it: slices of at most --max-tokens-per-run tokens.
-    sliced = measure_latency(paths, {"batch_32": feeds["batch_32"]}, args.runs, threads=args.threads,
+    sliced = measure_latency(paths, {"batch_32": feeds["batch_32"]}, args.runs, threads=args.threads, cpu=cpu,
                              max_tokens_per_run=args.max_tokens_per_run) if args.max_tokens_per_run else {}
 
     print(f"# {args.model}: in-process ONNX Runtime, {args.threads} intra-op thread(s), 1 inter-op, "
-          f"CPU {cpu_model()} ({', '.join(int8_features())})")
+          f"CPU {cpu} ({', '.join(int8_features())})")
     header = ["variant"]
-    for case, (batch, tokens) in LATENCY_CASES.items():
+    for batch, tokens, _ in feeds.values():
         header += [f"b{batch} x {tokens} tok p50 / p95 ms"] + (["sentences/s"] if batch > 1 else []) + ["speed-up"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     teacher = timings.get("teacher")
     for name, t in timings.items():
         cells = [name]
-        for case, (batch, _) in LATENCY_CASES.items():
+        for case, (batch, _, _) in feeds.items():
             c = t[case]
             cells.append(f"{c['p50_ms']:.2f} / {c['p95_ms']:.2f}")
             if batch > 1:
@@ -99,38 +108,41 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{teacher[case]['p50_ms'] / c['p50_ms']:.2f}x" if teacher else "-")
         print("| " + " | ".join(cells) + " |")
     if sliced:
-        rows = next(iter(sliced.values()))["batch_32"].get("rows_per_run", 32)
-        print(f"\n# b32 x 128 tok as the server runs it (--max-tokens-per-run {args.max_tokens_per_run}: "
+        rows = next(iter(sliced.values()))["batch_32"].get("rows_per_run", big_batch)
+        print(f"\n# b{big_batch} x {big_tokens} tok as the server runs it (--max-tokens-per-run {args.max_tokens_per_run}: "
               f"{rows} rows per ONNX Runtime run)")
-        print("| variant | p50 / p95 ms | sentences/s | speed-up | vs one run of 32 |")
+        print(f"| variant | p50 / p95 ms | sentences/s | speed-up | vs one run of {big_batch} |")
         print("|---|---|---|---|---|")
         for name, t in sliced.items():
             c, whole = t["batch_32"], timings[name]["batch_32"]
             speedup = f"{sliced['teacher']['batch_32']['p50_ms'] / c['p50_ms']:.2f}x" if "teacher" in sliced else "-"
             print(f"| {name} | {c['p50_ms']:.2f} / {c['p95_ms']:.2f} | {c['sentences_per_s']:.1f} | {speedup} | "
                   f"{whole['p50_ms'] / c['p50_ms']:.2f}x faster |")
-    served = _through_server(args, feeds, list(paths)) if args.server else {}
+    served = _through_server(args, feeds, spec.inputs, list(paths)) if args.server else {}
     if served:
         print(f"\n# {args.model}: through `python -m server` (tritonclient.grpc, concurrency 1, token-id inputs, "
-              f"--intra-op-threads {args.threads}); p50 / p95 ms, and p50 minus in-process p50 (b32 x 128: the sliced run)")
-        header = ["variant"] + [f"b{b} x {t} tok p50 / p95 ms (+ms)" for b, t in LATENCY_CASES.values()]
+              f"--intra-op-threads {args.threads}); p50 / p95 ms, and p50 minus in-process p50 "
+              f"(b{big_batch} x {big_tokens}: the sliced run)")
+        header = ["variant"] + [f"b{b} x {t} tok p50 / p95 ms (+ms)" for b, t, _ in feeds.values()]
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
-        for name, cases in served.items():
+        for name, measured in served.items():
             # The server slices big batches, so compare those with the sliced in-process run.
             reference = {**timings[name], **sliced.get(name, {})}
             cells = [name] + [f"{c['p50_ms']:.2f} / {c['p95_ms']:.2f} ({c['p50_ms'] - reference[k]['p50_ms']:+.2f})"
-                              for k, c in cases.items()]
+                              for k, c in measured.items()]
             print("| " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "cpu": cpu_model(),
+        args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "cpu": cpu,
                                          "int8_features": int8_features(), "variants": timings, "sliced": sliced,
                                          "server": served}, indent=2))
     return 0
 
 
-def _through_server(args: argparse.Namespace, feeds: dict, variants: list[str]) -> dict[str, dict[str, Any]]:
-    """Per variant and case: p50/p95 ms of the same inputs sent one at a time through a real server."""
+def _through_server(args: argparse.Namespace, feeds: dict[str, Case], inputs: tuple[TensorSpec, ...],
+                    variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Per variant and case: p50/p95 ms of the same inputs (the manifest's `inputs`, by name) sent one
+    at a time through a real server."""
     import time
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -145,18 +157,19 @@ def _through_server(args: argparse.Namespace, feeds: dict, variants: list[str]) 
         client = triton.InferenceServerClient(server.url)
         for name in variants:
             out[name] = {}
-            for case, feed in feeds.items():
-                inputs = []
-                for key, array in feed.items():
-                    tensor = triton.InferInput(key, list(array.shape), "INT64")
+            for case, (_, _, case_feeds) in feeds.items():
+                request = []
+                for wanted in inputs:
+                    array = np.ascontiguousarray(case_feeds[0][wanted.name])
+                    tensor = triton.InferInput(wanted.name, list(array.shape), wanted.datatype)
                     tensor.set_data_from_numpy(array)
-                    inputs.append(tensor)
+                    request.append(tensor)
                 for _ in range(3):
-                    client.infer(args.model, inputs, model_version=name)
+                    client.infer(args.model, request, model_version=name)
                 times = []
                 for _ in range(args.runs[case]):
                     began = time.perf_counter()
-                    client.infer(args.model, inputs, model_version=name)
+                    client.infer(args.model, request, model_version=name)
                     times.append((time.perf_counter() - began) * 1e3)
                 p50, p95 = np.percentile(times, [50, 95])
                 out[name][case] = {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),

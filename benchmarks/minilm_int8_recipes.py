@@ -1,6 +1,6 @@
 """Which int8 recipe for all-MiniLM-L6-v2 on this CPU: fidelity to the teacher and speed, side by side.
 
-Build the model first (`python -m compression.minilm.build --out model_repository --variants int8`),
+Build the model first (`python -m compression.build --teacher minilm --out model_repository --variants int8`),
 then:
 
     python benchmarks/minilm_int8_recipes.py [--repository model_repository] [--model minilm]
@@ -8,15 +8,21 @@ then:
 Quantizes the teacher in the model folder with each recipe below, measures cosine_mean, cosine_min
 and neighbour_agreement against the teacher on the held-out sentences (`heldout.npz`), and p50
 latency at batch 1 (16 and 128 tokens) and batch 32 (128 and 16 tokens), 1 intra-op thread, all
-recipes interleaved. Static recipes calibrate on `calibration.npz` (training sentences only).
+recipes interleaved (`modelrepo.latency`). Static recipes calibrate on `calibration.npz` (training
+sentences only). Every recipe is one `modelrepo.int8.quantize_int8` call (no accuracy-aware search),
+dynamic ones quantizing only MatMuls by a stored weight (MatMulConstBOnly).
 
     dynamic               ONNX Runtime dynamic quantization, per-tensor weights
-    dynamic-pc            ... per-channel weights (what the build uses)
-    dynamic-pc-rr         ... per-channel, reduce_range (7-bit weights)
+    dynamic-pc            ... per-channel weights, MatMul and Gather (the build's recipe on CPUs with
+                          fast int8 dot products, e.g. VNNI)
+    dynamic-pc-rr         ... per-channel, reduce_range (7-bit weights; the build's recipe on x86
+                          CPUs without them: `--int8-reduce-range` defaults to auto)
     dynamic-pc-matmul     ... per-channel, MatMul only (embedding tables stay fp32)
     dynamic-pc-pre        ... per-channel after quant_pre_process (ONNX shape inference only; ORT's
                           symbolic shape inference does not complete on this graph)
-    static-qdq-pc         static QDQ, per-channel weights, MinMax calibration, weight MatMuls only
+    static-qdq-pc         static QDQ, per-channel weights, MinMax calibration, MatMul only (ORT's QDQ
+                          quantizer ignores MatMulConstBOnly: attention's two activation MatMuls per
+                          layer are quantized too)
 """
 
 from __future__ import annotations
@@ -25,62 +31,50 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compression.host import cpu_model  # noqa: E402
-from compression.minilm.measure import (LATENCY_CASES, embed, latency_feeds,  # noqa: E402
-                                        measure_latency, quality, session)
+from modelrepo.arrays import read_feeds  # noqa: E402
+from modelrepo.files import read_manifest  # noqa: E402
+from modelrepo.host import cpu_flags, cpu_model  # noqa: E402
+from modelrepo.int8 import QuantizeOptions, quantize_int8, resolved_reduce_range  # noqa: E402
+from modelrepo.latency import TOKEN_CASES, cases, measure_latency  # noqa: E402
+from modelrepo.measure import Feeds, embedding_quality, run  # noqa: E402
+from modelrepo.records import parse_model  # noqa: E402
+from modelrepo.session import open_session  # noqa: E402
 
 __all__ = ["main"]
 
-RECIPES = ("dynamic", "dynamic-pc", "dynamic-pc-rr", "dynamic-pc-matmul", "dynamic-pc-pre", "static-qdq-pc")
+# Recipe → (options, reduce_range). Dynamic: MatMuls by a stored weight (and Gather, the embedding table).
+_DYNAMIC = QuantizeOptions(mode="dynamic", per_channel=True, op_types=("MatMul", "Gather"),
+                           matmul_const_b_only=True, preprocess=False)
+RECIPE_OPTIONS: dict[str, tuple[QuantizeOptions, bool]] = {
+    "dynamic": (replace(_DYNAMIC, per_channel=False, op_types=None), False),
+    "dynamic-pc": (_DYNAMIC, False),
+    "dynamic-pc-rr": (_DYNAMIC, True),
+    "dynamic-pc-matmul": (replace(_DYNAMIC, op_types=("MatMul",)), False),
+    "dynamic-pc-pre": (replace(_DYNAMIC, preprocess=True), False),
+    # Every MatMul: ONNX Runtime's QDQ quantizer has no MatMulConstBOnly (quantize_int8 passes none).
+    "static-qdq-pc": (QuantizeOptions(mode="static", per_channel=True, op_types=("MatMul",),
+                                      calibration_method="minmax", activation_type="uint8", batch_size=16,
+                                      preprocess=False), False),
+}
+RECIPES = tuple(RECIPE_OPTIONS)
 
 
-def _quantize(recipe: str, src: Path, dst: Path, calibration: Path, scratch: Path) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_dynamic, quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def _quantize(recipe: str, src: Path, dst: Path, calibration: Feeds, scratch: Path) -> None:
+    options, reduce_range = RECIPE_OPTIONS[recipe]
+    if options.preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    const_b = {"MatMulConstBOnly": True}
-    if recipe == "dynamic":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options=const_b)
-    elif recipe == "dynamic-pc":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gather"], extra_options=const_b)
-    elif recipe == "dynamic-pc-rr":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, op_types_to_quantize=["MatMul", "Gather"], extra_options=const_b)
-    elif recipe == "dynamic-pc-matmul":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], extra_options=const_b)
-    elif recipe == "dynamic-pc-pre":
         pre = scratch / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gather"], extra_options=const_b)
-    elif recipe == "static-qdq-pc":
-        data = np.load(calibration)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                rows = len(data["input_ids"])
-                self.batches = iter([{k: data[k][i:i + 16] for k in ("input_ids", "attention_mask")}
-                                     for i in range(0, rows, 16)])
-
-            def get_next(self):
-                return next(self.batches, None)
-
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        op_types_to_quantize=["MatMul"], calibrate_method=CalibrationMethod.MinMax,
-                        extra_options=const_b)
-    else:
-        raise ValueError(recipe)
+        src = pre
+    quantize_int8(src, dst, calibration if options.mode == "static" else None, options,
+                  reduce_range=reduce_range)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,33 +90,40 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.ERROR)
 
     folder = args.repository / args.model
-    manifest = json.loads((folder / "manifest.json").read_text())
-    teacher = folder / manifest["variants"]["teacher"]["file"]
-    heldout = np.load(folder / manifest["data"]["heldout_file"])
-    ids, mask = heldout["input_ids"], heldout["attention_mask"]
-    reference = embed(session(teacher, threads=2), ids, mask)
+    manifest = read_manifest(folder)
+    spec = parse_model(folder, manifest, str(folder / "manifest.json"))
+    teacher = spec.variants["teacher"].path
+    names = [t.name for t in spec.inputs]
+    heldout, _ = read_feeds(folder / manifest["data"]["heldout_file"], names)
+    calibration, _ = read_feeds(folder / manifest["data"]["calibration_file"], names)
+    sentences = len(heldout["input_ids"])
+    reference = run(open_session(teacher, intra_op_threads=2), heldout)
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"teacher (fp32)": teacher}
         for recipe in args.recipes.split(","):
             dst = Path(tmp) / f"{recipe}.onnx"
-            _quantize(recipe, teacher, dst, folder / manifest["data"]["calibration_file"], Path(tmp))
+            _quantize(recipe, teacher, dst, calibration, Path(tmp))
             paths[recipe] = dst
-            rows[recipe] = {"quality": quality(embed(session(dst, threads=2), ids, mask), reference),
+            rows[recipe] = {"quality": embedding_quality(run(open_session(dst, intra_op_threads=2), heldout),
+                                                         reference),
                             "bytes": dst.stat().st_size}
             print(f"{recipe}: {rows[recipe]}", file=sys.stderr, flush=True)
-        runs = dict(zip(LATENCY_CASES, (int(x) for x in args.runs.split(","))))
-        timings = measure_latency(paths, latency_feeds(ids, mask), runs)
+        runs = dict(zip(TOKEN_CASES, (int(x) for x in args.runs.split(","))))
+        latency_cases = cases(heldout, (spec.tokenizer or {}).get("max_length"))
+        timings = measure_latency(paths, latency_cases, runs, cpu=cpu_model())
     base = timings["teacher (fp32)"]
-    print(f"# int8 recipes for {args.model}, held-out {len(ids)} sentences, 1 thread, CPU {cpu_model()}")
+    built = "dynamic-pc-rr" if resolved_reduce_range(QuantizeOptions(), cpu_flags()) else "dynamic-pc"
+    print(f"# int8 recipes for {args.model}, held-out {sentences} sentences, 1 thread, CPU {cpu_model()} "
+          f"(the build's default recipe here: {built})")
     print("| recipe | cosine_mean | cosine_min | neighbour_agreement | MB | "
-          + " | ".join(f"b{b} x {n} tok" for b, n in LATENCY_CASES.values()) + " |")
-    print("|" + "---|" * (5 + len(LATENCY_CASES)))
+          + " | ".join(f"b{b} x {n} tok" for b, n, _ in latency_cases.values()) + " |")
+    print("|" + "---|" * (5 + len(latency_cases)))
     for name, t in timings.items():
         q = rows.get(name, {}).get("quality", {"cosine_mean": 1.0, "cosine_min": 1.0, "neighbour_agreement": 1.0})
         size = rows.get(name, {}).get("bytes", teacher.stat().st_size) / 1e6
         cells = [f"{t[c]['p50_ms']:.2f} ms ({base[c]['p50_ms'] / t[c]['p50_ms']:.2f}x)"
-                 for c in LATENCY_CASES]
+                 for c in latency_cases]
         print(f"| {name} | {q['cosine_mean']:.4f} | {q['cosine_min']:.4f} | {q['neighbour_agreement']:.4f} "
               f"| {size:.1f} | " + " | ".join(cells) + " |")
         rows.setdefault(name, {})["latency"] = t

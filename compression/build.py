@@ -139,6 +139,8 @@ def build(request: BuildRequest, progress: Progress) -> dict[str, Any] | None:
         main = distributed.is_main()
         with progress.step(f"data: {request.data} (seed {request.seed})") as step:
             splits = (request.source.load_data or load_data)(request.data, request.seed)
+            if main:  # rewritten below once the teacher has named and typed the inputs
+                _save_heldout(folder, splits)
             step.note(", ".join(f"{k} {v}" for k, v in splits.sizes().items())
                       + ("" if splits.labelled else ", no labels"))
         began = time.monotonic()
