@@ -38,7 +38,7 @@ splits = load_data("digits", 0)
 torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
 model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
 options = TrainOptions(epochs=2, batch_size=64, seed=0)
-rows = torch.cat(_epoch_rows(len(splits.x_train), 1, options, torch.Generator())).numpy()
+rows = torch.cat(_epoch_rows(len(splits.x_train["x"]), 1, options, torch.Generator())).numpy()
 fit(model, splits, options, Progress(quiet=True), "ddp")
 weights = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
 np.savez(f"{sys.argv[1]}/rank{rank}.npz", weights=weights, rows=rows, world=world)
