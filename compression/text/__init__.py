@@ -15,6 +15,9 @@ Modules, one job each (this package imports none of them, so `folder` stays torc
     corpus      the built-in WordNet sentences or a user's txt / jsonl / csv, split (stratified)
     prune       structural head and FFN-neuron pruning with importance measured on the output
     distill     one distillation loop: cosine (embeddings) or Hinton KD (+ CE) (classifiers), + tokens
+    family      the glue into compression.build: TeacherSource, text data as token arrays, makers
+    wordnet     regenerates the built-in WordNet corpus files
+    otherdomain regenerates the other-domain evaluation set (Python documentation sentences)
 """
 
 __all__: list[str] = []
