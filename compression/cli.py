@@ -191,8 +191,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="AdamW learning rate (default: %(default)s)")
     g.add_argument("--text-batch-size", type=_ranged(int, 1), default=TextOptions.batch_size,
                    help="sentences per step (default: %(default)s)")
-    g.add_argument("--text-max-train", type=_ranged(int, 1), default=None,
-                   help="train on at most this many training sentences (default: all)")
+    g.add_argument("--text-max-train", type=_ranged(int, 0), default=TextOptions.max_train,
+                   help="train on at most this many training sentences, a random sample; 0: all "
+                        "(default: %(default)s)")
     g.add_argument("--text-token-weight", type=_ranged(float, 0), default=TextOptions.token_weight,
                    help="weight of the last-layer token-vector loss (0: outputs only) (default: %(default)s)")
     g.add_argument("--prune-heads", type=_ranged(int, 1), default=None,
@@ -275,6 +276,6 @@ def options(request: BuildRequest) -> tuple[TeacherOptions, VariantOptions]:
     if request.source.configure is not None:
         request.source.configure(TextOptions(
             layers=a.text_layers, epochs=a.text_epochs, lr=a.text_lr, batch_size=a.text_batch_size,
-            max_train=a.text_max_train, token_weight=a.text_token_weight, prune_heads=a.prune_heads,
+            max_train=a.text_max_train or None, token_weight=a.text_token_weight, prune_heads=a.prune_heads,
             prune_ffn=a.prune_ffn, prune_epochs=a.prune_text_epochs, max_length=a.max_length))
     return teacher, variants
