@@ -18,6 +18,7 @@ The folder's tokenizer is copied beside the model, so the server tokenizes a BYT
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -173,6 +174,10 @@ def hf_source(spec: str) -> TeacherSource:
     return source
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _model_name(folder: Path) -> str:
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in folder.resolve().name).strip(".-")
     return name or "model"
@@ -181,6 +186,8 @@ def _model_name(folder: Path) -> str:
 def _makers(info: Any, state: _State, options: TextOptions, output: str,
             preset_layers: tuple[int, ...] | None) -> dict[str, Callable[..., Any]]:
     """The family's makers, by variant name (compression.variants calls them like its own)."""
+    import torch
+
     from compression.text import model as tm
     from compression.text.distill import DistillOptions, distill
     from compression.text.export import export_onnx, parity
@@ -203,6 +210,7 @@ def _makers(info: Any, state: _State, options: TextOptions, output: str,
         if state.teacher_train is None:
             rows = slice(0, options.max_train)  # distill() trains on the first max_train rows only
             x = {k: v[rows] for k, v in ctx.splits.x_train.items()}
+            torch.set_num_threads(_cores())
             with ctx.progress.step(f"teacher outputs and token vectors ({len(x['input_ids'])} training "
                                    "sentences)"):
                 state.teacher_train = torch_hidden_and_outputs(teacher, x["input_ids"], x["attention_mask"])
@@ -221,8 +229,11 @@ def _makers(info: Any, state: _State, options: TextOptions, output: str,
                        train_tokens=tokens, labels_train=y, labels_val=ctx.splits.y_val)
 
     def settings(epochs: int, lr: float, patience: int, seed: int) -> DistillOptions:
+        # Every core: a transformer step is large enough to use them (the generic loop keeps one
+        # thread for bit-repeatable small models).
         return DistillOptions(epochs=epochs, lr=lr, batch_size=options.batch_size, patience=patience,
-                              seed=seed, max_train=options.max_train, token_weight=options.token_weight)
+                              seed=seed, max_train=options.max_train, token_weight=options.token_weight,
+                              threads=_cores())
 
     def make_teacher(ctx: Any, spec: Any, path: Path) -> Any:
         from compression.variants import Made
