@@ -155,6 +155,15 @@ class TextModel(nn.Module):
         hidden = self.hf(**self._inputs(input_ids, attention_mask)).last_hidden_state
         return self.pool(hidden, attention_mask)
 
+    def states_and_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                          ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Every hidden state (index 0 the embeddings, k the output of layer k; each [batch, tokens,
+        hidden]) and the served output."""
+        out = self.hf(**self._inputs(input_ids, attention_mask), output_hidden_states=True)
+        if self.task == "classification":
+            return tuple(out.hidden_states), out.logits
+        return tuple(out.hidden_states), self.pool(out.last_hidden_state, attention_mask)
+
     def hidden_and_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """The last layer's token vectors [batch, tokens, hidden] and the served output."""

@@ -32,8 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.text.model import (TextModel, encoder_shape, family_of, get_module, head_size, layer_list,
-                                    set_module)
+from compression.text.model import TextModel, encoder_shape, family_of, get_module, head_size, layer_list, set_module
 from compression.text.run import torch_outputs
 
 __all__ = ["PruneOptions", "ffn_importance", "head_importance", "output_change", "prune", "slice_layer"]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["onnx_outputs", "torch_hidden_and_outputs", "torch_outputs"]
+__all__ = ["onnx_outputs", "torch_hidden_and_outputs", "torch_outputs", "torch_states_and_outputs"]
 
 
 @torch.no_grad()
@@ -28,8 +28,16 @@ def torch_hidden_and_outputs(model: nn.Module, ids: np.ndarray, mask: np.ndarray
     return _run(model, ids, mask, batch, with_tokens=True)
 
 
-def _run(model: nn.Module, ids: np.ndarray, mask: np.ndarray, batch: int, with_tokens: bool
-         ) -> tuple[np.ndarray, np.ndarray]:
+@torch.no_grad()
+def torch_states_and_outputs(model: nn.Module, ids: np.ndarray, mask: np.ndarray, layers: list[int],
+                             batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs [n, width], and the hidden states at `layers` (0 = embeddings, k = after layer k) of
+    the real tokens, row by row, as float16 [len(layers), sum of lengths, hidden]."""
+    return _run(model, ids, mask, batch, with_tokens=True, layers=list(layers))
+
+
+def _run(model: nn.Module, ids: np.ndarray, mask: np.ndarray, batch: int, with_tokens: bool,
+         layers: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     was_training = model.training
     model.eval()
     lengths = mask.sum(axis=1).astype(np.int64)
@@ -44,11 +52,16 @@ def _run(model: nn.Module, ids: np.ndarray, mask: np.ndarray, batch: int, with_t
             args = torch.from_numpy(np.ascontiguousarray(ids[rows, :width])), \
                 torch.from_numpy(np.ascontiguousarray(mask[rows, :width]))
             if with_tokens:
-                hidden, result = model.hidden_and_output(*args)
+                if layers is None:
+                    hidden, result = model.hidden_and_output(*args)
+                    picked = hidden.unsqueeze(0)
+                else:
+                    states, result = model.states_and_output(*args)
+                    picked = torch.stack([states[k] for k in layers])
                 if tokens is None:
-                    tokens = np.zeros((int(lengths.sum()), hidden.shape[-1]), np.float16)
+                    tokens = np.zeros((len(picked), int(lengths.sum()), picked.shape[-1]), np.float16)
                 for j, row in enumerate(rows):
-                    tokens[starts[row]:starts[row] + lengths[row]] = hidden[j, :lengths[row]].float().numpy()
+                    tokens[:, starts[row]:starts[row] + lengths[row]] = picked[:, j, :lengths[row]].float().numpy()
             else:
                 result = model(*args)
             if out is None:
@@ -58,7 +71,9 @@ def _run(model: nn.Module, ids: np.ndarray, mask: np.ndarray, batch: int, with_t
         model.train(was_training)
     if out is None:
         raise ValueError("no rows to run")
-    return out, tokens if tokens is not None else np.zeros((0, 0), np.float16)
+    if tokens is None:
+        tokens = np.zeros((1 if layers is None else len(layers), 0, 0), np.float16)
+    return out, tokens[0] if layers is None else tokens
 
 
 def onnx_outputs(session_or_path: object, ids: np.ndarray, mask: np.ndarray, batch: int = 64,
