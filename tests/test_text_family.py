@@ -332,6 +332,15 @@ def test_distilling_a_classifier_with_and_without_labels(tiny, sentences):
     assert result.metric == "accuracy" and result.val_score >= result.start_score
     assert "CE" in options.as_params("classification", labelled=True)["loss"]
 
+    frozen = model.without_dropout(model.keep_layers(teacher, [0, 3]))
+    first = [p.detach().clone() for p in model.layer_list(frozen)[0].parameters()]
+    last = [p.detach().clone() for p in model.layer_list(frozen)[1].parameters()]
+    distill.distill(frozen, "classification", (*train, train_out), (*val, val_out),
+                    distill.DistillOptions(epochs=1, lr=1e-3, batch_size=32, bf16=False, token_weight=0,
+                                           freeze_layers=(0,)), Progress(quiet=True), "frozen")
+    assert all(torch.equal(a, b) for a, b in zip(first, model.layer_list(frozen)[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(last, model.layer_list(frozen)[1].parameters()))
+
 
 def test_kd_loss_is_zero_for_equal_logits_and_scaled_by_t_squared():
     logits = torch.randn(8, 3)
