@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
+from clients.address import with_default_port
 from clients.client import Client
 from clients.compare import run_compare
 from clients.errors import ClientError
 from clients.infer import run_infer
-from clients.load import format_load, run_load
+from clients.load import DEFAULT_DURATION, DEFAULT_REQUESTS, format_load, run_load
 from clients.metrics import default_metrics_url
 
 __all__ = ["main", "build_parser"]
@@ -41,7 +42,8 @@ def _positive_float(text: str) -> float:
 
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=DEFAULT_URL, help="gRPC address HOST:PORT (default %(default)s)")
+    common.add_argument("--url", default=DEFAULT_URL, type=with_default_port,
+                        help="gRPC address HOST[:PORT], port 8001 when left out (default %(default)s)")
     common.add_argument("--metrics-url", default=None,
                         help="Prometheus endpoint (default http://<host of --url>:8002/metrics)")
     common.add_argument("--timeout", type=_positive_float, default=30.0,
@@ -83,12 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(run=_compare)
 
     load = commands.add_parser("load", parents=[common], help="load test: throughput, errors, latency",
-                               description="Send random requests from concurrent workers until --duration "
-                                           "or --requests is reached, whichever comes first.")
+                               description="Send random requests from concurrent workers for --duration seconds, "
+                                           "or until --requests were sent; given both, whichever comes first; "
+                                           f"given neither, {DEFAULT_REQUESTS:,} requests or "
+                                           f"{DEFAULT_DURATION:g} s, whichever comes first.")
     load.add_argument("--variant", default="", help="variant to load (default: the model's routing policy)")
     load.add_argument("--concurrency", type=_positive_int, default=4, help="concurrent workers (default %(default)s)")
-    load.add_argument("--duration", type=_positive_float, default=10.0, help="seconds at most (default %(default)s)")
-    load.add_argument("--requests", type=_positive_int, default=10_000, help="requests at most (default %(default)s)")
+    load.add_argument("--duration", type=_positive_float, default=None,
+                      help=f"seconds to run (alone: no request cap; default {DEFAULT_DURATION:g} if --requests is not given either)")
+    load.add_argument("--requests", type=_positive_int, default=None,
+                      help=f"requests to send (alone: no time limit; default {DEFAULT_REQUESTS:,} if --duration is not given either)")
     load.add_argument("--batch", type=_positive_int, default=1, help="rows per request (default %(default)s)")
     load.set_defaults(run=_load)
     return parser
@@ -108,7 +114,10 @@ def _compare(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _load(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    report = run_load(client, args.model, args.variant, args.concurrency, args.duration, args.requests,
+    duration, requests = args.duration, args.requests
+    if duration is None and requests is None:
+        duration, requests = DEFAULT_DURATION, DEFAULT_REQUESTS
+    report = run_load(client, args.model, args.variant, args.concurrency, duration, requests,
                       args.batch, timeout=args.timeout)
     print(format_load(report), file=out)
     if report.requests and report.ok == 0:

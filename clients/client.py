@@ -10,6 +10,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from clients.address import with_default_port
 from clients.errors import ClientError, ServerError, UnreachableError
 from clients.model import ModelInfo, Prediction, TensorInfo, VariantStatistics
 
@@ -50,12 +51,12 @@ class Client:
     """Synchronous client for one server; errors come out as `ServerError` or `UnreachableError`."""
 
     def __init__(self, url: str, timeout: float | None = 30.0) -> None:
-        self.url = url
+        self.url = with_default_port(url)
         self.timeout = timeout
         try:
-            self._triton = triton.InferenceServerClient(url)
+            self._triton = triton.InferenceServerClient(self.url)
         except InferenceServerException as exc:
-            raise UnreachableError(url, _first_line(exc)) from None
+            raise UnreachableError(self.url, _first_line(exc)) from None
 
     def __enter__(self) -> "Client":
         return self

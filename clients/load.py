@@ -14,7 +14,11 @@ from clients.errors import ClientError, ServerError, UnreachableError
 from clients.inputs import random_inputs
 from clients.report import fmt, percentiles
 
-__all__ = ["LoadReport", "run_load", "format_load"]
+__all__ = ["DEFAULT_DURATION", "DEFAULT_REQUESTS", "LoadReport", "run_load", "format_load"]
+
+# The bounds of a load test given neither --duration nor --requests (whichever is reached first).
+DEFAULT_DURATION = 10.0
+DEFAULT_REQUESTS = 10_000
 
 
 @dataclass
@@ -42,16 +46,18 @@ class LoadReport:
 
 
 class _Tickets:
-    """Hands out at most `limit` request slots until `deadline`; thread-safe."""
+    """Hands out at most `limit` request slots until `deadline` (None: no such bound); thread-safe."""
 
-    def __init__(self, limit: int, deadline: float) -> None:
+    def __init__(self, limit: int | None, deadline: float | None) -> None:
         self._left = limit
         self._deadline = deadline
         self._lock = threading.Lock()
 
     def take(self) -> bool:
-        if time.perf_counter() >= self._deadline:
+        if self._deadline is not None and time.perf_counter() >= self._deadline:
             return False
+        if self._left is None:
+            return True
         with self._lock:
             if self._left <= 0:
                 return False
@@ -104,19 +110,23 @@ def run_load(
     model: str,
     variant: str,
     concurrency: int,
-    duration: float,
-    requests: int,
+    duration: float | None,
+    requests: int | None,
     batch: int,
     timeout: float = 30.0,
 ) -> LoadReport:
-    """Run the load test; each worker thread has its own gRPC channel. Inputs are random, shaped from metadata."""
+    """Run the load test for `duration` seconds or `requests` requests, whichever comes first (None: not
+    bounded by it; give at least one). Each worker thread has its own gRPC channel; inputs are random,
+    shaped from the metadata."""
+    if duration is None and requests is None:
+        raise ValueError("run_load needs a duration, a request count or both")
     info = client.model(model, variant)  # NOT_FOUND now, not once per request, for an unknown variant
     inputs = random_inputs(info, batch=batch, seed=0)
     report = LoadReport(model, variant, concurrency, batch)
     lock = threading.Lock()
     cpu_before = time.process_time()
     started = time.perf_counter()
-    tickets = _Tickets(requests, started + duration)
+    tickets = _Tickets(requests, None if duration is None else started + duration)
     threads = [
         threading.Thread(target=_worker, args=(client.url, timeout, report, inputs, tickets, lock),
                          name=f"load-{i}", daemon=True)

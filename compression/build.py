@@ -222,7 +222,10 @@ def _interrupt(signum: int, frame: Any) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     prog = "compression.build"
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: Python keeps an inherited "ignore" (shells start background jobs that way, and so do
+    # some CI runners), which would leave Ctrl-C or `kill -INT` without effect until the build ends.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     # Copying fx graphs trips a torch-internal deprecation note; it says nothing about the build.
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
     argv = sys.argv[1:] if argv is None else argv

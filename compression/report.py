@@ -1,13 +1,19 @@
 """What the build shows: the final table, `report.md` and a quality-versus-latency chart, all read
-back from the manifest it is about to write (so they can never disagree with it)."""
+back from the manifest it is about to write (so they can never disagree with it).
+
+`python -m compression.report FOLDER...` writes them again from a built folder's manifest.json,
+without a rebuild (say, after a change to the chart)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHART", "REPORT", "render_table", "write_chart", "write_report"]
+__all__ = ["CHART", "REPORT", "chart_figure", "main", "render_table", "write_chart", "write_report"]
 
 REPORT = "report.md"
 CHART = "chart.png"
@@ -77,44 +83,123 @@ def render_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The quality axis spans at least this much (5 points of a 0-1 metric), so that differences of a
+# fraction of a point look as small as they are.
+MIN_QUALITY_SPAN = 0.05
+
+
+def _label_offsets(radius: float) -> list[tuple[float, float, str, str]]:
+    """Places to try for a bubble's label, nearest first: (dx, dy in points, ha, va)."""
+    gap = radius + 4
+    near = [(gap, 0.0, "left", "center"), (-gap, 0.0, "right", "center"),
+            (0.0, gap, "center", "bottom"), (0.0, -gap, "center", "top")]
+    # Then ever farther, in lines of text and steps sideways (a bubble inside a bigger one needs both).
+    farther = [(side * (gap + 24.0 * out), step * 11.0 * sign, "left" if side > 0 else "right", "center")
+               for out in range(3) for step in range(0 if out else 1, 8) for sign in (-1, 1) for side in (1, -1)]
+    return near + farther
+
+
 def write_chart(manifest: dict[str, Any], path: Path) -> bool:
-    """Quality (primary metric) against batch-1 p50 latency, one bubble per variant, its area
-    proportional to the file's bytes. False when matplotlib is not installed."""
+    """Save `chart_figure` as a PNG; False when matplotlib is not installed."""
+    fig = chart_figure(manifest)
+    if fig is None:
+        return False
+    from matplotlib import pyplot as plt
+
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def chart_figure(manifest: dict[str, Any]) -> Any:
+    """Quality (primary metric) against the in-process batch-1 p50 latency measured at build, one
+    bubble per variant, its area proportional to the file's bytes; labels go where they cover no
+    other label or bubble. A matplotlib Figure, or None when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
-        return False
+        return None
     metric = manifest["primary_metric"]
     variants = manifest["variants"]
     largest = max(v["bytes"] for v in variants.values())
-    points = [(name, v["latency"]["batch_1"]["p50_ms"], v["quality"][metric], v["bytes"])
+    # Manifest latencies are milliseconds of one ONNX Runtime run in the build process; these models
+    # answer in microseconds, and through the server a request costs far more than the run.
+    points = [(name, 1000.0 * v["latency"]["batch_1"]["p50_ms"], v["quality"][metric], v["bytes"])
               for name, v in variants.items() if v["quality"].get(metric) is not None]
     xs, ys = [p[1] for p in points], [p[2] for p in points]
-    span_x = math.log10(max(xs) / min(xs)) or 1.0
-    span_y = (max(ys) - min(ys)) or 1.0
     fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
-    placed: list[tuple[float, float]] = []
-    for name, x, y, size in points:
-        area = 60 + 2400 * size / largest
-        ax.scatter([x], [y], s=area, alpha=0.45, edgecolors="black", linewidths=0.8)
-        # Labels right of the bubble; points that (nearly) coincide stack their labels downwards.
-        here = (math.log10(x) / span_x, y / span_y)
-        crowd = sum(1 for px, py in placed if abs(px - here[0]) < 0.08 and abs(py - here[1]) < 0.08)
-        placed.append(here)
-        ax.annotate(f"{name} ({size / 1024:,.0f} KiB)", (x, y), fontsize=8, ha="left", va="center",
-                    xytext=(math.sqrt(area / math.pi) + 3, -12 * crowd), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("latency, batch 1, p50 (ms, log scale)")
+    ax.set_xlim(min(xs) / 2.5, max(xs) * 2.5)
+    span = max(max(ys) - min(ys), MIN_QUALITY_SPAN)
+    ax.set_ylim(max(ys) - 1.15 * span, max(ys) + 0.2 * span)
+    teacher = variants.get("teacher", {}).get("quality", {}).get(metric)
+    if teacher is not None:
+        ax.axhline(teacher, color="0.5", linestyle="--", linewidth=0.8, label=f"teacher's {metric}")
+    radii = []
+    for _, x, y, size in points:
+        area = 60 + 2400 * size / largest
+        radii.append(math.sqrt(area / math.pi))
+        ax.scatter([x], [y], s=area, alpha=0.45, edgecolors="black", linewidths=0.8)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    first = next(iter(variants.values()))["latency"]
+    ax.set_xlabel(f"in-process ONNX Runtime latency, µs (batch 1, p50, {first['threads']} thread(s); log scale)")
     ax.set_ylabel(f"{metric} (held-out test split)")
-    ax.set_title(f"{manifest['name']}: quality vs latency (bubble area = file bytes)")
+    ax.set_title(f"{manifest['name']}: quality vs in-process latency (bubble area = file bytes)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.margins(0.25)
+    legend = ax.legend(loc="lower right", fontsize=8, title_fontsize=7,
+                       title="latency: one ONNX Runtime run at build, not a served request") if teacher is not None else None
+    # Lay the figure out first: label placement works in display coordinates, which layout changes.
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    fig.canvas.draw()
+    _place_labels(ax, points, radii, [legend] if legend is not None else [])
+    return fig
+
+
+def _place_labels(ax: Any, points: list[tuple[str, float, float, int]], radii: list[float], keep_clear: list[Any]) -> None:
+    """Label each bubble at the nearest place (`_label_offsets`) that covers no bubble, no label placed
+    before it and nothing in `keep_clear`, inside the axes; failing that, where it covers least."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_pixels = fig.dpi / 72.0
+    bubbles = []
+    for (_, x, y, _), radius in zip(points, radii):
+        cx, cy = ax.transData.transform((x, y))
+        r = radius * to_pixels
+        bubbles.append((cx - r, cy - r, cx + r, cy + r))
+    taken = [*bubbles, *((b.x0, b.y0, b.x1, b.y1) for b in (a.get_window_extent(renderer) for a in keep_clear))]
+    frame = ax.get_window_extent(renderer)
+    for (name, x, y, size), radius, own in zip(points, radii, bubbles):
+        text = f"{name} ({size / 1024:,.0f} KiB)"
+        best, best_cost = None, math.inf
+        for dx, dy, ha, va in _label_offsets(radius):
+            trial = ax.annotate(text, (x, y), fontsize=8, ha=ha, va=va, xytext=(dx, dy), textcoords="offset points")
+            box = trial.get_window_extent(renderer)
+            trial.remove()
+            cost = sum(_overlap(box, other) for other in taken if other is not own)
+            cost += 10 * (box.width * box.height - _overlap(box, (frame.x0, frame.y0, frame.x1, frame.y1)))
+            if cost < best_cost:
+                best, best_cost = ((dx, dy, ha, va), box), cost
+            if cost == 0:
+                break
+        assert best is not None
+        (dx, dy, ha, va), box = best
+        far = abs(dx) > radius + 4 or abs(dy) > radius + 4
+        ax.annotate(text, (x, y), fontsize=8, ha=ha, va=va, xytext=(dx, dy), textcoords="offset points",
+                    # A label moved away from its bubble keeps a thin line to it.
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.5} if far else None)
+        taken.append((box.x0, box.y0, box.x1, box.y1))
+
+
+def _overlap(box: Any, other: tuple[float, float, float, float]) -> float:
+    """Area shared by a matplotlib Bbox and an (x0, y0, x1, y1) box, in square pixels."""
+    width = min(box.x1, other[2]) - max(box.x0, other[0])
+    height = min(box.y1, other[3]) - max(box.y0, other[1])
+    return max(width, 0.0) * max(height, 0.0)
 
 
 def _markdown_table(manifest: dict[str, Any]) -> str:
@@ -198,3 +283,28 @@ def write_report(manifest: dict[str, Any], folder: Path) -> list[str]:
     lines.append("")
     (folder / REPORT).write_text("\n".join(lines), encoding="utf-8")
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite report.md and chart.png of each model folder from its manifest.json; exit 1 if one cannot be read."""
+    parser = argparse.ArgumentParser(
+        prog="python -m compression.report",
+        description="Write report.md and chart.png of built model folders again, from their manifest.json.",
+    )
+    parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
+                        help="a model folder holding manifest.json, e.g. model_repository/digits")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            written = write_report(manifest, folder)
+        except (OSError, ValueError, KeyError) as exc:
+            reason = f"missing field {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())
+            print(f"compression.report: {folder}: {reason}", file=sys.stderr)
+            return 1
+        print(", ".join(str(folder / name) for name in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

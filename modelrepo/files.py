@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,22 @@ from typing import Any
 from modelrepo import ManifestError
 from modelrepo.schema import validate
 
-__all__ = ["MANIFEST", "confined", "read_manifest", "sha256_file", "staged_model_dir", "update_manifest",
-           "write_json_atomic", "write_manifest"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: staging folders go unlocked and owners are judged by name alone
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["MANIFEST", "confined", "hold_staging", "read_manifest", "release_staging", "remove_stale_staging",
+           "sha256_file", "staged_model_dir", "staging_path", "update_manifest", "write_json_atomic",
+           "write_manifest"]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# Staging folders: the build's `<root>/.<name>.partial-<pid>`, a server job's
+# `<root>/<model>/.<variant>.partial-<12 hex job id>`. Nothing else is ever swept.
+BUILD_STAGING = re.compile(r"^\.(?P<name>.+)\.partial-(?P<owner>[0-9]{1,10})$")
+JOB_STAGING = re.compile(r"^\.(?P<name>.+)\.partial-(?P<owner>[0-9a-f]{12})$")
 
 
 def sha256_file(path: Path) -> str:
@@ -114,10 +129,13 @@ def staged_model_dir(root: Path, name: str) -> Iterator[Path]:
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
-    staging = root / f".{name}.partial-{os.getpid()}"
+    staging = staging_path(root, name, os.getpid())
     aside = root / f".{name}.old-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)  # a leftover of an earlier run with our pid
+    # Leftovers of killed builds of this model (pid gone), and one of an earlier run with our pid.
+    remove_stale_staging(root, models=False, only_name=name)
+    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    lock = hold_staging(staging)
     try:
         yield staging
         _fsync_dir(staging)
@@ -136,4 +154,136 @@ def staged_model_dir(root: Path, name: str) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 root.rmdir()  # a repository root this build made, if still empty
         raise
+    finally:
+        release_staging(lock)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def staging_path(parent: Path, name: str, owner: int | str) -> Path:
+    """`<parent>/.<name>.partial-<owner>`: a process id (builds) or a job id (server jobs)."""
+    return parent / f".{name}.partial-{owner}"
+
+
+def hold_staging(folder: Path) -> int | None:
+    """Lock `folder` as owned by this process until `release_staging` (or until it dies).
+
+    The kernel drops the lock with its holder, so a sweep on another host or in another PID
+    namespace (a replica, a build pod sharing the volume) still sees the folder is in use, where a
+    pid or job id alone cannot tell. None where the file system has no flock (then names decide).
+    """
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release_staging(lock: int | None) -> None:
+    """Give up the lock `hold_staging` returned (the folder itself is left as it is)."""
+    if lock is not None:
+        with contextlib.suppress(OSError):
+            os.close(lock)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while `pid` names a process here (another user's too, and this one: in containers the
+    build and the server may both be pid 1 in their own namespaces, so our pid proves nothing)."""
+    if pid <= 0:
+        return False  # never a builder; os.kill(0, ...) would address our own process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True  # cannot tell: keep the folder
+    return True
+
+
+def _remove_if_unheld(folder: Path, owner: str) -> bool:
+    """Remove the staging `folder` unless a live process holds its lock; true when removed."""
+    try:
+        info = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        return False  # a symlink (or a file) with a staging name: never followed, never removed
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False  # its owner is alive somewhere
+        except OSError:
+            pass  # no flock on this file system: the owner test by name decided alone
+    try:
+        shutil.rmtree(folder)  # refuses a symlink at the top, unlinks (never follows) those inside
+    except OSError as exc:
+        log.warning("could not remove stale staging folder %s: %s", folder, exc)
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
+    log.info("removed stale staging folder %s (its owner %s is gone)", folder, owner)
+    return True
+
+
+def _children(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def remove_stale_staging(root: Path, live_jobs: Collection[str] = (), models: bool = True,
+                         only_name: str | None = None) -> list[Path]:
+    """Remove the staging folders under the repository `root` whose owner is gone; return them.
+
+    At `root`, a build's `.<name>.partial-<pid>` goes when no process has that pid; in each model
+    folder `<root>/<model>` (one holding a manifest; with `models`), a job's
+    `.<variant>.partial-<job id>` goes when the id is not in `live_jobs` (the running jobs of the
+    calling server). Either way a folder whose lock a live process holds (`hold_staging`) stays.
+    `only_name` limits the sweep to one model's build folders. Only real folders with those exact
+    names are removed; symlinks are never followed out of `root` (a model folder linked inside
+    `root` is swept, one linked elsewhere is not). Each removal is logged.
+    """
+    base = Path(root).resolve()
+    removed: list[Path] = []
+    for entry in _children(base):
+        match = BUILD_STAGING.match(entry.name)
+        if match and (only_name is None or match["name"] == only_name) and not _pid_alive(int(match["owner"])):
+            if _remove_if_unheld(Path(entry.path), f"pid {match['owner']}"):
+                removed.append(Path(entry.path))
+    if not models:
+        return removed
+    seen: set[Path] = set()
+    for entry in _children(base):
+        if entry.name.startswith("."):
+            continue
+        try:
+            folder = Path(entry.path).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: not a model folder
+            continue
+        if folder in seen or not folder.is_relative_to(base) or not (folder / MANIFEST).is_file():
+            continue  # not a model folder of this repository
+        seen.add(folder)
+        for child in _children(folder):
+            match = JOB_STAGING.match(child.name)
+            if match and match["owner"] not in live_jobs:
+                if _remove_if_unheld(Path(child.path), f"job {match['owner']}"):
+                    removed.append(Path(child.path))
+    return removed

@@ -38,7 +38,8 @@ from modelrepo.measure import Feeds, count, embedding_quality, run, take
 from modelrepo.session import open_session
 
 __all__ = ["ACTIVATION_TYPES", "CALIBRATION_METHODS", "MODES", "Budget", "FeedsReader", "QuantizeOptions",
-           "SearchResult", "budget_for", "quantize_int8", "resolved_reduce_range", "search", "weighted_nodes"]
+           "SearchResult", "budget_for", "prepared_model", "quantize_int8", "resolved_reduce_range", "search",
+           "weighted_nodes"]
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
@@ -129,7 +130,7 @@ def _quiet() -> Any:
 def quantize_int8(source: Path, target: Path, calibration: Feeds | None, options: QuantizeOptions,
                   exclude: list[str] | None = None, only: list[str] | None = None,
                   cache: Path | None = None, reduce_range: bool = False) -> Path:
-    """Quantize `source` (already pre-processed when wanted) into `target`.
+    """Quantize `source` (already through `prepared_model`) into `target`.
 
     `exclude` nodes stay fp32; `only`, when given, limits quantization to those nodes. `cache`
     (static mode) is a calibration-range file: written on the first call, reused after.
@@ -159,6 +160,41 @@ def quantize_int8(source: Path, target: Path, calibration: Feeds | None, options
                 op_types_to_quantize=op_types, nodes_to_quantize=only,
                 nodes_to_exclude=exclude or [], calibration_cache_path=cache)
     return target
+
+
+def prepared_model(source: Path, scratch: Path, preprocess: bool) -> Path:
+    """The file to quantize: `source` pre-processed (when asked) and without stale `value_info`,
+    written under `scratch` when it differs (only the quantized file belongs in the repository)."""
+    path = source
+    if preprocess:
+        path = scratch / "preprocessed.onnx"
+        with _quiet():
+            quant_pre_process(str(source), str(path), skip_symbolic_shape=False)
+    model = onnx.load(str(path))
+    if not _drop_stale_value_info(model.graph):
+        return path
+    cleaned = scratch / "prepared.onnx"
+    onnx.save(model, str(cleaned))
+    return cleaned
+
+
+def _drop_stale_value_info(graph: onnx.GraphProto) -> bool:
+    """Keep `value_info` only for values a node computes; true when something was dropped.
+
+    Exporters (torch.onnx) also describe the initializers there, and pre-processing keeps the
+    entries of values it folded into initializers. Dynamic quantization turns Gemm(transB=1) into
+    MatMul by transposing the weight under the same name, so such an entry then contradicts the
+    tensor and ONNX shape inference stops with "Inferred shape and existing shape differ". An
+    initializer carries its own type and shape; nothing is lost by dropping its entry.
+    """
+    produced = {name for node in graph.node for name in node.output}
+    stored = {t.name for t in graph.initializer}
+    keep = [v for v in graph.value_info if v.name in produced and v.name not in stored]
+    if len(keep) == len(graph.value_info):
+        return False
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    return True
 
 
 def weighted_nodes(path: Path) -> list[str]:
@@ -251,12 +287,7 @@ def search(source: Path, target: Path, calibration: Feeds | None, check: Feeds, 
     (outputs compared with `reference`, the fp32 parent's outputs on the same rows)."""
     with tempfile.TemporaryDirectory(prefix="slimserve-quant-") as scratch_dir:
         scratch = Path(scratch_dir)
-        # The pre-processed copy is scratch: only the quantized file belongs in the repository.
-        model_in = source
-        if options.preprocess:
-            model_in = scratch / "preprocessed.onnx"
-            with _quiet():
-                quant_pre_process(str(source), str(model_in), skip_symbolic_shape=False)
+        model_in = prepared_model(source, scratch, options.preprocess)
         cache = scratch / "calibration.json" if options.mode == "static" else None
         weights = _node_weights(model_in)
         candidates = list(weights)

@@ -116,7 +116,7 @@ class CompressionServicer(cpb_grpc.CompressionServiceServicer):
         if r.shadow_fraction:
             routing["shadow"] = {"fraction": r.shadow_fraction}
         policy = parse_policy(routing, model.spec)  # validate before anything changes
-        router = Router(model.spec, policy)
+        router = Router(model.spec, policy, unavailable=model.unavailable)
         update_manifest(model.spec.folder, lambda m: m.__setitem__("routing", routing))
         model.router = router
         return _routing_message(model.spec.name, policy, router)

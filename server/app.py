@@ -14,24 +14,29 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
-from protos import compression_pb2, compression_pb2_grpc, inference_pb2, inference_pb2_grpc
+from protos import compression_pb2, compression_pb2_grpc, inference_pb2
 from server.admin import CompressionServicer
 from server.dataplane import DataPlane
 from server.errors import SlimserveError
 from server.jobs import JobManager
 from server.metrics import Metrics
+from server.metrics_http import MetricsHttpServer
+from server.ports import check_port_free, host_port, reachable_host
+from server.reflection import enable_reflection
 from server.registry import Registry
 from server.repository import Repository
 from server.security import AuthInterceptor, server_credentials
 from server.servicer import InferenceServicer, ServerState
 from server.settings import Settings, SettingsError, parse_settings
+from server.wire import add_inference_service
 
 __all__ = ["SlimServer", "main"]
 
 log = logging.getLogger("slimserve")
+
+# After SIGTERM, stop only once no call was refused for this long (bounded by --shutdown-grace-seconds).
+DRAIN_QUIET_SECONDS = 0.5
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 COMPRESSION_SERVICE = compression_pb2.DESCRIPTOR.services_by_name["CompressionService"].full_name
@@ -55,8 +60,14 @@ class SlimServer:
         self.registry = Registry(settings, self.repository, self.metrics, self.executor)
         self.health = health_aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
-        self._metrics_httpd = None
+        self._metrics_httpd: MetricsHttpServer | None = None
         self._poller: asyncio.Task | None = None
+        self.registry.on_change = self._model_health
+
+    async def _model_health(self, name: str, serving: bool) -> None:
+        """Per-model health follows loads and unloads (while the server itself is not draining)."""
+        up = serving and not self.state.draining
+        await self.health.set(name, health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def start(self) -> Endpoints:
         self.repository.model_names()  # fails early, with the fix, when the repository is missing
@@ -73,30 +84,36 @@ class SlimServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        add_inference_service(  # ModelInfer parses its own body: a corrupt one gets INVALID_ARGUMENT
             InferenceServicer(DataPlane(self.registry), self.state), server
         )
         compression_pb2_grpc.add_CompressionServiceServicer_to_server(
             CompressionServicer(self.registry, JobManager(self.registry)), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [INFERENCE_SERVICE, COMPRESSION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
+        enable_reflection(
+            [INFERENCE_SERVICE, COMPRESSION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
         )
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        address = host_port(self.settings.host, self.settings.grpc_port)
         credentials = server_credentials(self.settings)
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:  # how grpc reports a failed bind (a port taken since _serve checked it, say)
+            port = 0
         if port == 0:
-            raise SlimserveError(f"cannot listen on {self.settings.host}:{self.settings.grpc_port} (port in use?)")
+            raise SlimserveError(f"cannot listen on {address} for gRPC: address in use or not on this machine "
+                                 "(is another server running? check --host and --grpc-port)")
         await server.start()
         self._grpc = server
         metrics_port = None
         if self.settings.metrics_port >= 0:
-            self._metrics_httpd, _ = start_http_server(
-                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
-            )
-            metrics_port = self._metrics_httpd.server_port
+            httpd = MetricsHttpServer(self.metrics.registry)
+            try:
+                metrics_port = await httpd.start(self.settings.host, self.settings.metrics_port)
+            except SlimserveError:
+                await self.stop()  # gRPC is already listening: release it and the workers, so the process exits
+                raise
+            self._metrics_httpd = httpd
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self.state.ready = True
         if self.settings.poll_seconds > 0:
@@ -106,8 +123,10 @@ class SlimServer:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_seconds)
-            await self.registry.poll()
-            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            try:
+                await self.registry.poll()
+            except Exception:  # a poll that dies silently would freeze the repository forever
+                log.exception("repository poll failed; retrying in %.1fs", self.settings.poll_seconds)
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
@@ -123,13 +142,19 @@ class SlimServer:
             self._poller.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
-        while self.state.in_flight and time.monotonic() < deadline:
+        self.state.last_refused = time.monotonic()
+        # Wait for in-flight calls, and until callers have seen UNAVAILABLE and stopped arriving: gRPC
+        # cancels calls that reach a stopping server before a handler took them (grpc/grpc#41785), and
+        # CANCELLED is a code retry policies do not retry.
+        while time.monotonic() < deadline and (
+            self.state.in_flight or time.monotonic() - self.state.last_refused < DRAIN_QUIET_SECONDS
+        ):
             await asyncio.sleep(0.005)
         if self._grpc is not None:
             await self._grpc.stop(max(0.0, deadline - time.monotonic()))
         await self.registry.close()
         if self._metrics_httpd is not None:
-            self._metrics_httpd.shutdown()
+            await self._metrics_httpd.close()
         self.executor.shutdown(wait=True)
 
     async def wait(self) -> None:
@@ -138,31 +163,38 @@ class SlimServer:
 
 
 async def _serve(settings: Settings) -> int:
+    # Handlers first: a SIGTERM that arrives while models load, or right after the ready line, still stops
+    # the server gracefully instead of killing it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = SlimServer(settings)
     try:
+        # Busy ports fail here, in a moment, rather than after every model has loaded.
+        check_port_free(settings.host, settings.grpc_port, "gRPC", "--grpc-port")
+        if settings.metrics_port >= 0:
+            check_port_free(settings.host, settings.metrics_port, "metrics", "--metrics-port")
         endpoints = await server.start()
     except SlimserveError as exc:
         print(f"slimserve: {exc.message}", file=sys.stderr)
         return 1
-    shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     models = ", ".join(f"{m.spec.name} [{', '.join(m.variants)}]" for m in server.registry.models.values())
     print(f"slimserve: serving {models or 'no models'} from {settings.model_repository}", flush=True)
-    metrics = f"http://{shown_host}:{endpoints.metrics_port}/metrics" if endpoints.metrics_port else "off"
-    print(f"slimserve: gRPC on {shown_host}:{endpoints.grpc_port}, metrics {metrics}", flush=True)
+    # What is bound, wildcard included, so that nobody takes 0.0.0.0 for loopback-only.
+    metrics = f"http://{host_port(settings.host, endpoints.metrics_port)}/metrics" if endpoints.metrics_port else "off"
+    print(f"slimserve: gRPC on {host_port(settings.host, endpoints.grpc_port)}, metrics {metrics}", flush=True)
+    try_url = host_port(reachable_host(settings.host), endpoints.grpc_port)  # dialable, unlike 0.0.0.0
     if settings.tls_cert:
         mode = "mutual TLS (client certificates required)" if settings.tls_client_ca else "TLS"
         print(f"slimserve: gRPC uses {mode}", flush=True)
     if settings.auth_token or settings.admin_token:
         print("slimserve: bearer tokens required (health, liveness/readiness and metrics stay open)", flush=True)
     print(
-        f"slimserve: try `python -m clients infer --url {shown_host}:{endpoints.grpc_port} --model <name>` "
-        f"or `python -m clients compare --url {shown_host}:{endpoints.grpc_port} --model <name>`",
+        f"slimserve: try `python -m clients infer --url {try_url} --model <name>` "
+        f"or `python -m clients compare --url {try_url} --model <name>`",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_seconds)
     await server.stop()

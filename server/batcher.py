@@ -34,7 +34,7 @@ class BatchTiming:
     batch_rows: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes a cancelled request by identity, never by comparing arrays
 class _Pending:
     inputs: dict[str, np.ndarray]
     rows: int
@@ -115,7 +115,26 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting for a run (callers that went away are not counted)."""
+        return sum(1 for p in self._queue if not p.future.done())
+
+    @property
+    def running(self) -> int:
+        """Runs of this variant in progress."""
+        return self._busy
+
+    def _purge(self) -> None:
+        """Drop queued requests whose caller left or whose deadline passed: they must not hold queue places."""
+        now = time.monotonic()
+        live: collections.deque[_Pending] = collections.deque()
+        for p in self._queue:
+            if p.future.done():
+                continue
+            if p.deadline is not None and now > p.deadline:
+                p.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
+                continue
+            live.append(p)
+        self._queue = live
 
     async def submit(
         self, inputs: dict[str, np.ndarray], deadline: float | None = None
@@ -126,7 +145,7 @@ class Batcher:
         rows = next(iter(inputs.values())).shape[0] if inputs else 1
         if not self._queue and self._busy < self._concurrency and not self.max_queue_delay:
             # Fast path: a free slot and nobody waiting, so run now; no queue, no extra task switch.
-            group = [_Pending(inputs, rows, (), None, None)]  # type: ignore[arg-type]
+            group = [_Pending(inputs, rows, (), deadline, None)]  # type: ignore[arg-type]
             enqueued = time.perf_counter()
             if self._busy == 0 and self.recent_compute is not None and self.recent_compute < self.inline_below:
                 # A run this short costs less than waking a worker thread and waking the loop back
@@ -146,13 +165,24 @@ class Batcher:
             self._observe(rows, finished - started)
             return results[0], BatchTiming(started - enqueued, finished - started, rows)
         if len(self._queue) >= self.max_queue_size:
+            self._purge()
+        if len(self._queue) >= self.max_queue_size:
             raise ResourceExhausted(
                 f"the queue of this variant is full ({self.max_queue_size} requests waiting); retry with backoff"
             )
         pending = _Pending(inputs, rows, _merge_key(inputs, self._padded), deadline, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         self._dispatch()
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            # The caller went away (cancelled, or its deadline passed in gRPC): free its queue place now.
+            if not self._closed:
+                try:
+                    self._queue.remove(pending)
+                except ValueError:
+                    pass  # already taken for a run
+            raise
 
     def _dispatch(self) -> None:
         """Start a run for queued work while there are free slots."""
@@ -205,6 +235,10 @@ class Batcher:
         """Runs in the executor thread: merge, run, split. Returns per-request outputs and timings."""
         started = time.perf_counter()
         if len(group) == 1:
+            deadline = group[0].deadline
+            if deadline is not None and time.monotonic() > deadline:
+                # It waited for a worker thread (other variants share them) past its deadline: skip the run.
+                raise DeadlineExceeded("the request's deadline passed before a worker was free")
             feeds = group[0].inputs
         else:
             feeds = {

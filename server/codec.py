@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +13,10 @@ from server.errors import InvalidInput
 from server.messages import InferenceRequest, InferenceResponse
 
 __all__ = ["decode_request", "encode_response", "deserialize_bytes", "serialize_bytes", "parameters_to_dict"]
+
+MAX_RANK = 64  # numpy's and ONNX Runtime's limit on dimensions
+_SLICE = 1 << 16  # elements per numpy call when building object arrays (a few ms each)
+_LENGTH = struct.Struct("<I")
 
 # Which InferTensorContents field carries each datatype when raw contents are not used.
 _CONTENTS_FIELD = {
@@ -40,37 +44,76 @@ def parameters_to_dict(params: Any) -> dict[str, Any]:
     return out
 
 
-def _element_count(name: str, shape: Iterable[int], max_elements: int) -> int:
+def _show(shape: list[int]) -> str:
+    """A shape for an error message: 64 dims of 19 digits would crowd out the message's point."""
+    text = str(shape)
+    return text if len(text) <= 100 else text[:100] + "…]"
+
+
+def _element_count(name: str, shape: list[int], max_elements: int) -> int:
     """Product of the shape, refusing negative dims and oversize tensors before anything is allocated."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions, more than {MAX_RANK}; send at most {MAX_RANK}")
     count = 1
+    nonzero = 1  # the product without its zero dims: [0, 2**62, 2**62] is empty, yet no array can have that shape
     for dim in shape:
         if dim < 0:
-            raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension; send concrete sizes")
+            raise InvalidInput(f"input '{name}': shape {_show(shape)} has a negative dimension; send concrete sizes")
         count *= dim
-        if count > max_elements:
+        nonzero *= max(dim, 1)
+        if nonzero > max_elements:  # checked per dim, so the Python ints stay small
+            empty = " (even though a zero dimension makes it empty)" if 0 in shape else ""
             raise InvalidInput(
-                f"input '{name}': shape {list(shape)} has more than {max_elements} elements, the server's limit "
-                f"(--max-elements); split the request"
+                f"input '{name}': shape {_show(shape)} has more than {max_elements} elements{empty}, the server's limit "
+                f"(--max-elements); send the real sizes or split the request"
             )
     return count
 
 
 def deserialize_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
     """KServe BYTES wire format: each element is a 4-byte little-endian length, then that many bytes."""
+    if count and len(raw) >= 4:
+        size = int.from_bytes(raw[:4], "little")
+        if len(raw) == count * (4 + size):  # maybe a fixed stride: check every length at once
+            if size == 0:
+                if not np.frombuffer(raw, dtype="<u4").any():
+                    return np.full(count, b"", dtype=np.object_)
+            else:
+                frames = np.frombuffer(raw, dtype=np.dtype([("n", "<u4"), ("v", f"V{size}")]))
+                if (frames["n"] == size).all():
+                    return _objects(frames["v"])
+    return _deserialize_varying(raw, count, name)
+
+
+def _objects(values: np.ndarray) -> np.ndarray:
+    """Fixed-size void elements -> object array of bytes (void keeps trailing NULs, which 'S' would strip).
+
+    In slices: one numpy call holds the GIL throughout, and the event loop must get it back between slices.
+    """
+    out = np.empty(len(values), dtype=np.object_)
+    for start in range(0, len(values), _SLICE):
+        out[start : start + _SLICE] = values[start : start + _SLICE].astype(np.object_)
+    return out
+
+
+def _deserialize_varying(raw: bytes, count: int, name: str) -> np.ndarray:
+    """Element by element; large requests run this off the event loop (see server/wire.py)."""
     items: list[bytes] = []
+    append = items.append
+    unpack = _LENGTH.unpack_from
+    end = len(raw)
     offset = 0
-    view = memoryview(raw)
     for _ in range(count):
-        if offset + 4 > len(raw):
+        if offset + 4 > end:
             raise InvalidInput(f"input '{name}': BYTES contents end early; expected {count} length-prefixed elements")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
+        (length,) = unpack(raw, offset)
+        start = offset + 4
+        offset = start + length
+        if offset > end:
             raise InvalidInput(f"input '{name}': BYTES element is longer than the data sent")
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    if offset != len(raw):
-        raise InvalidInput(f"input '{name}': {len(raw) - offset} bytes left over after {count} BYTES elements")
+        append(raw[start:offset])
+    if offset != end:
+        raise InvalidInput(f"input '{name}': {end - offset} bytes left over after {count} BYTES elements")
     out = np.empty(count, dtype=np.object_)
     out[:] = items
     return out
@@ -98,12 +141,16 @@ def _decode_tensor(tensor: Any, raw: bytes | None, max_elements: int) -> np.ndar
     count = _element_count(name, shape, max_elements)
     dtype = KSERVE_TO_NUMPY[datatype]
     if raw is not None:
+        if tensor.HasField("contents"):
+            raise InvalidInput(
+                f"input '{name}': both contents and raw_input_contents are set; send the data in one of them"
+            )
         if datatype == "BYTES":
             return deserialize_bytes(raw, count, name).reshape(shape)
         expected = count * dtype.itemsize
         if len(raw) != expected:
             raise InvalidInput(
-                f"input '{name}': shape {shape} of {datatype} needs {expected} bytes, but {len(raw)} were sent; "
+                f"input '{name}': shape {_show(shape)} of {datatype} needs {expected} bytes, but {len(raw)} were sent; "
                 f"make the shape match the data"
             )
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
@@ -112,7 +159,7 @@ def _decode_tensor(tensor: Any, raw: bytes | None, max_elements: int) -> np.ndar
     values = getattr(tensor.contents, _CONTENTS_FIELD[datatype])
     if len(values) != count:
         raise InvalidInput(
-            f"input '{name}': shape {shape} needs {count} values, but contents hold {len(values)}; "
+            f"input '{name}': shape {_show(shape)} needs {count} values, but contents hold {len(values)}; "
             f"make the shape match the data"
         )
     if datatype == "BYTES":

@@ -17,6 +17,8 @@ from server.shadow import agreement
 
 __all__ = ["DataPlane"]
 
+DEADLINE_SLACK_SECONDS = 0.05
+
 
 def _validate_inputs(spec: ModelSpec, inputs: dict[str, np.ndarray], max_batch_size: int) -> dict[str, np.ndarray]:
     """Check names, datatypes and shapes against the manifest; return feeds in the model's dtypes."""
@@ -83,7 +85,7 @@ class DataPlane:
             wanted = self._requested_outputs(model, request.outputs)
             arrays, timing = await variant.batcher.submit(feeds, request.deadline)
         except BaseException as exc:
-            self._record_failure(variant, started, exc)
+            self._record_failure(variant, started, exc, request.deadline)
             raise
         elapsed = time.perf_counter() - started
         self._record_success(variant, elapsed, timing.queue_seconds, timing.compute_seconds, feeds)
@@ -102,8 +104,7 @@ class DataPlane:
         total, rows = agreement(model.spec.task, output, arrays[0])
         self.registry.shadow.record(model.spec.name, variant, total, rows)
 
-    @staticmethod
-    def _tokenize(model: LoadedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _tokenize(self, model: LoadedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert model.text is not None
         name = model.text.config.text_input
         if len(inputs) != 1:
@@ -111,6 +112,12 @@ class DataPlane:
         texts = inputs[name]
         if texts.dtype != np.object_:
             raise InvalidInput(f"input '{name}': datatype must be BYTES (UTF-8 strings)")
+        rows = texts.shape[0] if texts.ndim else 1
+        if rows > self.max_batch_size:  # before tokenizing: refusing a million rows must not cost their tokenization
+            raise InvalidInput(
+                f"input '{name}': batch of {rows} rows is larger than the server's limit of {self.max_batch_size} "
+                f"(--max-batch-size); split the request"
+            )
         return model.text.encode(texts)
 
     @staticmethod
@@ -148,11 +155,15 @@ class DataPlane:
         s.last_inference_ms = int(time.time() * 1000)
 
     @staticmethod
-    def _record_failure(variant: LoadedVariant, started: float, exc: BaseException) -> None:
+    def _record_failure(variant: LoadedVariant, started: float, exc: BaseException, deadline: float | None) -> None:
         if isinstance(exc, SlimserveError):
             code = exc.code.name
-        else:  # asyncio.CancelledError is a BaseException: the caller went away
-            code = "INTERNAL" if isinstance(exc, Exception) else "CANCELLED"
+        elif isinstance(exc, Exception):
+            code = "INTERNAL"
+        else:  # asyncio.CancelledError: the caller went away, or gRPC ended the call at its deadline
+            # gRPC's deadline timer may fire a little before our copy of the deadline (taken at arrival).
+            expired = deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_SECONDS
+            code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
         elapsed = time.perf_counter() - started
         variant.metrics.count(code)
         variant.stats.fail_count += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -13,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelrepo.files import hold_staging, release_staging, remove_stale_staging, staging_path
 from server.errors import InvalidInput, NotFound, SlimserveError
 from server.manifest_io import update_manifest
 from server.onthefly import RECIPES
@@ -49,13 +51,28 @@ class Job:
 
 
 class JobManager:
-    """One job at a time (the machine's cores also serve traffic); failures leave the repository as it was."""
+    """One job at a time (the machine's cores also serve traffic); failures leave the repository as it was.
+
+    Staging folders of killed servers and builds are swept when the manager is made (server start)
+    and before every job.
+    """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.jobs: dict[str, Job] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        self.sweep(frozenset())
+
+    def live_ids(self) -> frozenset[str]:
+        return frozenset(j.id for j in self.jobs.values() if j.state in ("PENDING", "RUNNING"))
+
+    def sweep(self, live: frozenset[str]) -> None:
+        """Remove staging folders whose build or job (not in `live`) is gone; never fails the caller."""
+        try:
+            remove_stale_staging(self.registry.repository.root, live_jobs=live)
+        except OSError as exc:  # a read-only repository: nothing was left by us, and nothing to do
+            log.warning("could not sweep staging folders in %s: %s", self.registry.repository.root, exc)
 
     def create(self, model: str, name: str, recipe: str, parent: str, params: dict[str, str]) -> Job:
         loaded = self.registry.get(model)
@@ -86,9 +103,15 @@ class JobManager:
     async def _run(self, job: Job) -> None:
         async with self._lock:
             folder = self.registry.get(job.model).spec.folder
-            staging = folder / f".{job.variant}.partial-{job.id}"
+            staging = staging_path(folder, job.variant, job.id)
             job.update(state="RUNNING", step="starting")
+            lock = None
             try:
+                # Off the loop (rmtree of a large model); the live ids are read here, where jobs change.
+                await asyncio.to_thread(self.sweep, self.live_ids())
+                staging.mkdir()
+                # Held while the job runs so a sweep by another server on this repository keeps it.
+                lock = hold_staging(staging)
                 entry = await self._make(job, folder, staging)
                 job.update(step="adding to the repository")
                 final = folder / job.variant
@@ -111,11 +134,13 @@ class JobManager:
                 job.update(state="FAILED", message=f"{type(exc).__name__}: {exc}", finished=time.time())
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+                release_staging(lock)
 
     async def _make(self, job: Job, folder: Any, staging: Any) -> dict[str, Any]:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server.onthefly", "--model-folder", str(folder), "--parent", job.parent,
             "--name", job.variant, "--recipe", job.recipe, "--params", json.dumps(job.params), "--out", str(staging),
+            "--server-pid", str(os.getpid()),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )
         assert process.stdout is not None

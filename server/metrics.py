@@ -31,6 +31,8 @@ class VariantFacts:
     file_bytes: int
     parameters: int
     quality: dict[str, float]
+    queue_depth: int = 0
+    runs_in_progress: int = 0
 
 
 class VariantMetrics:
@@ -56,9 +58,15 @@ class VariantMetrics:
 class _VariantCollector(Collector):
     """Reads the current variant facts at scrape time (variants come and go with reloads)."""
 
-    def __init__(self, facts: Callable[[], Iterable[VariantFacts]], shadow: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
+    def __init__(
+        self,
+        facts: Callable[[], Iterable[VariantFacts]],
+        shadow: Callable[[], Iterable[tuple[str, str, float]]],
+        unavailable: dict[str, dict[str, str]],
+    ) -> None:
         self._facts = facts
         self._shadow = shadow
+        self._unavailable = unavailable
 
     def collect(self) -> Iterable[Metric]:
         labels = ["model", "variant"]
@@ -72,7 +80,25 @@ class _VariantCollector(Collector):
             "Quality measured on held-out data at build time (from the manifest)",
             labels=["model", "variant", "metric"],
         )
+        available = GaugeMetricFamily(
+            "slimserve_variant_available",
+            "1 while the variant serves, 0 when its file failed to load (the log and RepositoryIndex say why)",
+            labels=labels,
+        )
+        for model, variants in sorted(self._unavailable.items()):
+            for variant in sorted(variants):
+                available.add_metric([model, variant], 0)
+        depth = GaugeMetricFamily(
+            "slimserve_queue_depth", "Requests waiting for a run of the variant (Triton's pending request count)",
+            labels=labels,
+        )
+        running = GaugeMetricFamily(
+            "slimserve_runs_in_progress", "ONNX Runtime runs of the variant in progress", labels=labels
+        )
         for f in self._facts():
+            available.add_metric([f.model, f.variant], 1)
+            depth.add_metric([f.model, f.variant], f.queue_depth)
+            running.add_metric([f.model, f.variant], f.runs_in_progress)
             memory.add_metric([f.model, f.variant], f.memory_bytes)
             file_bytes.add_metric([f.model, f.variant], f.file_bytes)
             params.add_metric([f.model, f.variant], f.parameters)
@@ -85,7 +111,7 @@ class _VariantCollector(Collector):
         )
         for model, variant, value in self._shadow():
             shadow.add_metric([model, variant], value)
-        return [memory, file_bytes, params, quality, shadow]
+        return [available, depth, running, memory, file_bytes, params, quality, shadow]
 
 
 class Metrics:
@@ -119,6 +145,14 @@ class Metrics:
         )
         ProcessCollector(registry=self.registry)
         self._children: dict[tuple[str, str], VariantMetrics] = {}
+        self._unavailable: dict[str, dict[str, str]] = {}  # model -> {variant: reason}
+
+    def set_unavailable(self, model: str, variants: dict[str, str]) -> None:
+        """Record which variants of a model failed to load (an empty dict clears the model)."""
+        if variants:
+            self._unavailable[model] = dict(variants)
+        else:
+            self._unavailable.pop(model, None)
 
     def variant(self, model: str, variant: str) -> VariantMetrics:
         key = (model, variant)
@@ -136,4 +170,4 @@ class Metrics:
         facts: Callable[[], Iterable[VariantFacts]],
         shadow: Callable[[], Iterable[tuple[str, str, float]]] = lambda: (),
     ) -> None:
-        self.registry.register(_VariantCollector(facts, shadow))
+        self.registry.register(_VariantCollector(facts, shadow, self._unavailable))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ __all__ = ["RECIPES", "main", "make_variant"]
 
 RECIPES = ("int8_static", "int8_dynamic")
 TRUE = ("1", "true", "yes")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _step(message: str) -> None:
@@ -113,6 +116,20 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
     return entry
 
 
+def _exit_with(server_pid: int) -> None:
+    """Be killed when the server that started this job dies (Linux): an orphan would quantize for
+    nobody, into a staging folder the next server start removes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != server_pid:  # it died before the request above took effect
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.onthefly", description=__doc__)
     parser.add_argument("--model-folder", type=Path, required=True)
@@ -121,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", choices=RECIPES, required=True)
     parser.add_argument("--params", default="{}", help="JSON object of string parameters")
     parser.add_argument("--out", type=Path, required=True, help="staging folder for model.onnx")
+    parser.add_argument("--server-pid", type=int, default=0, help="exit when this parent process dies")
     args = parser.parse_args(argv)
+    if args.server_pid:
+        _exit_with(args.server_pid)
     np.seterr(all="ignore")
     try:
         entry = make_variant(args.model_folder, args.parent, args.name, args.recipe, json.loads(args.params), args.out)

@@ -11,12 +11,12 @@ import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 import numpy as np
 
 from server.batcher import Batcher
-from server.errors import NotFound, SlimserveError, Unavailable
+from server.errors import InvalidInput, NotFound, RepositoryError, SlimserveError, Unavailable
 from server.metrics import Metrics, VariantFacts, VariantMetrics
 from server.repository import ModelSpec, Repository, VariantSpec
 from server.router import Router, parse_policy
@@ -28,6 +28,12 @@ from server.text import TextEncoder
 __all__ = ["Registry", "LoadedModel", "LoadedVariant", "VariantStats"]
 
 log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An unexpected error as one bounded line for logs and clients (no traceback)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
 
 
 @dataclass
@@ -69,11 +75,16 @@ class LoadedModel:
     variants: dict[str, LoadedVariant]
     router: Router
     text: TextEncoder | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)  # variant -> why it could not be loaded
 
     def variant(self, name: str) -> LoadedVariant:
         try:
             return self.variants[name]
         except KeyError:
+            if name in self.unavailable:
+                raise Unavailable(
+                    f"variant '{name}' of model '{self.spec.name}' is unavailable: {self.unavailable[name]}"
+                ) from None
             raise NotFound(
                 f"model '{self.spec.name}' has no variant '{name}'; choose from {sorted(self.variants)}"
             ) from None
@@ -90,6 +101,8 @@ class Registry:
         self.models: dict[str, LoadedModel] = {}
         self.states: dict[str, tuple[str, str]] = {}  # model -> (state, reason) for RepositoryIndex
         self._lock = asyncio.Lock()
+        self._seen: dict[str, tuple] = {}  # model -> disk_key at its last load attempt
+        self.on_change: Callable[[str, bool], Awaitable[None]] | None = None
         self.shadow = ShadowTracker()
         metrics.add_gauges(self.facts, self.shadow.values)
         prime_onnxruntime()
@@ -98,10 +111,17 @@ class Registry:
         model = self.models.get(name)
         if model is None:
             state, reason = self.states.get(name, ("", ""))
+            if state == "LOADING":
+                raise Unavailable(f"model '{name}' is loading; retry shortly")
             if state == "UNAVAILABLE":
                 raise Unavailable(f"model '{name}' is not loaded: {reason}")
-            raise NotFound(f"unknown model '{name}'; loaded models: {sorted(self.models) or 'none'}")
+            raise NotFound(f"unknown model {name!r:.100}; loaded models: {sorted(self.models) or 'none'}")
         return model
+
+    async def _notify(self, name: str, serving: bool) -> None:
+        """Tell the listener (the per-model gRPC health status) that a model started or stopped serving."""
+        if self.on_change is not None:
+            await self.on_change(name, serving)
 
     def facts(self) -> list[VariantFacts]:
         """Read at scrape time by the metrics collector."""
@@ -110,7 +130,7 @@ class Registry:
             for v in list(model.variants.values()):
                 out.append(
                     VariantFacts(model.spec.name, v.spec.name, v.session.stats.memory_bytes, v.spec.bytes,
-                                 v.spec.parameters, v.spec.quality)
+                                 v.spec.parameters, v.spec.quality, v.batcher.depth, v.batcher.running)
                 )
         return out
 
@@ -121,51 +141,95 @@ class Registry:
         self.repository.check_external_data(variant)
         return Session(variant.path, self.settings.intra_op_threads, self.settings.max_tokens_per_run)
 
+    def _check_name(self, name: str) -> None:
+        """Refuse names that cannot be a model folder before anything is recorded under them."""
+        if not name or len(name) > 255 or name.startswith(".") or any(c in name for c in "/\\") or not name.isprintable():
+            raise InvalidInput(
+                f"model name {name!r:.100} is not a model folder name (printable, no '/', not starting with '.', "
+                f"at most 255 characters); see RepositoryIndex"
+            )
+        if not self.repository.has_model(name) and name not in self.models:
+            raise NotFound(f"no model {name!r:.100} in the repository; see RepositoryIndex")
+
     async def load(self, name: str) -> LoadedModel:
         """(Re)load a model. New or changed variants are loaded beside the serving ones and swapped in
-        together; unchanged ones (same file and sha256) keep their session, so no request fails."""
+        together; unchanged ones (same file and sha256) keep their session, so no request fails. A variant
+        that fails (bad file, sha256) is marked unavailable with its reason and the others serve."""
+        self._check_name(name)
         async with self._lock:
             old = self.models.get(name)
             if old is None:
                 self.states[name] = ("LOADING", "")
-            loop = asyncio.get_running_loop()
-            reused: dict[str, LoadedVariant] = {}
+            self._seen[name] = self.repository.disk_key(name)
             try:
-                spec = self.repository.load_spec(name)
-                router = Router(spec, parse_policy(spec.routing, spec))
-                text = None
-                if spec.tokenizer is not None:
-                    text = TextEncoder.from_manifest(spec.folder, spec.tokenizer, [t.name for t in spec.inputs])
-                sessions = {}
-                for vname, vspec in spec.variants.items():
-                    previous = old.variants.get(vname) if old else None
-                    if previous and previous.spec.path == vspec.path and previous.spec.sha256 == vspec.sha256:
-                        reused[vname] = previous
-                        continue
-                    # One variant at a time: sessions would otherwise compete for the same cores.
-                    started = time.perf_counter()
-                    sessions[vname] = await loop.run_in_executor(None, self._load_variant, spec, vspec)
-                    log.info("loaded %s/%s in %.2fs", name, vname, time.perf_counter() - started)
-            except SlimserveError as exc:
+                model, retired = await self._load_locked(name, old)
+            except BaseException as exc:  # any failure, even a cancelled task, must not leave LOADING behind
+                error = exc if isinstance(exc, SlimserveError) else RepositoryError(f"model {name!r}: {_first_line(exc)}")
                 if old is None:
-                    self.states[name] = ("UNAVAILABLE", exc.message)
+                    self.states[name] = ("UNAVAILABLE", error.message)
                 else:
-                    log.error("reload of %s failed, the loaded version keeps serving: %s", name, exc.message)
+                    log.error("reload of %s failed, the loaded version keeps serving: %s", name, error.message)
+                if isinstance(exc, Exception) and error is not exc:
+                    raise error from None
                 raise
-            await self._measure_memory(sessions)
-            variants: dict[str, LoadedVariant] = {}
-            for vname, vspec in spec.variants.items():
-                if vname in reused:
-                    reused[vname].spec = vspec
-                    variants[vname] = reused[vname]
-                else:
-                    variants[vname] = self._start_variant(spec, vspec, sessions[vname])
-            self.models[name] = LoadedModel(spec, variants, router, text)
+            self.models[name] = model
             self.states[name] = ("READY", "")
-        if old is not None:
-            retired = [v for vname, v in old.variants.items() if variants.get(vname) is not v]
-            await asyncio.gather(*(v.batcher.close() for v in retired))
-        return self.models[name]
+        await asyncio.gather(*(v.batcher.close() for v in retired))
+        await self._notify(name, True)
+        return model
+
+    async def _load_locked(self, name: str, old: LoadedModel | None) -> tuple[LoadedModel, list[LoadedVariant]]:
+        loop = asyncio.get_running_loop()
+        spec = self.repository.load_spec(name)
+        if spec.name != name:
+            # The folder is the model's identity (as in Triton): two folders can never share a name.
+            log.warning("model folder %s: manifest name %r ignored; the model is served as %r", name, spec.name, name)
+            spec = dataclasses.replace(spec, name=name)
+        text = None
+        if spec.tokenizer is not None:
+            text = TextEncoder.from_manifest(spec.folder, spec.tokenizer, [t.name for t in spec.inputs])
+        reused: dict[str, LoadedVariant] = {}
+        sessions: dict[str, Session] = {}
+        unavailable: dict[str, str] = {}
+        for vname, vspec in spec.variants.items():
+            previous = old.variants.get(vname) if old else None
+            if previous and previous.spec.path == vspec.path and previous.spec.sha256 == vspec.sha256:
+                reused[vname] = previous
+                continue
+            # One variant at a time: sessions would otherwise compete for the same cores.
+            started = time.perf_counter()
+            try:
+                sessions[vname] = await loop.run_in_executor(None, self._load_variant, spec, vspec)
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, SlimserveError) else _first_line(exc)
+                if previous is not None:
+                    log.error("%s/%s: %s; the loaded version keeps serving", name, vname, reason)
+                    reused[vname] = previous
+                else:
+                    log.error("%s/%s is unavailable: %s", name, vname, reason)
+                    unavailable[vname] = reason
+                continue
+            log.info("loaded %s/%s in %.2fs", name, vname, time.perf_counter() - started)
+        if not sessions and not reused:
+            raise RepositoryError(f"model {name!r}: no variant could be loaded: " + "; ".join(unavailable.values()))
+        try:
+            policy = parse_policy(spec.routing, spec)
+        except SlimserveError as exc:
+            log.error("model %s: manifest routing refused (%s); routing to %r", name, exc.message, spec.default_variant)
+            policy = parse_policy({"policy": "fixed"}, spec)
+        router = Router(spec, policy, unavailable=unavailable)
+        await self._measure_memory(sessions)
+        variants: dict[str, LoadedVariant] = {}
+        for vname, vspec in spec.variants.items():
+            if vname in reused:
+                if reused[vname].spec.sha256 == vspec.sha256:
+                    reused[vname].spec = vspec
+                variants[vname] = reused[vname]
+            elif vname in sessions:
+                variants[vname] = self._start_variant(spec, vspec, sessions[vname])
+        self.metrics.set_unavailable(name, unavailable)
+        retired = [v for vname, v in (old.variants.items() if old else ()) if variants.get(vname) is not v]
+        return LoadedModel(spec, variants, router, text, unavailable), retired
 
     async def _measure_memory(self, sessions: dict[str, Session]) -> None:
         """Replace in-process RSS deltas with figures measured in a fresh process (server.memprobe)."""
@@ -192,28 +256,39 @@ class Registry:
         return tuple(sorted((v.name, str(v.path), v.sha256) for v in variants))
 
     async def poll(self) -> None:
-        """One pass of the repository poll: load new or changed models, unload removed ones."""
+        """One pass of the repository poll: load new or changed models, unload removed ones.
+
+        A model whose folder is unchanged since the last attempt (same files, sizes and times) is skipped,
+        so a broken model is reported once, not on every pass, and is retried as soon as it is fixed."""
         try:
             names = set(self.repository.model_names())
         except SlimserveError as exc:
             log.error("repository poll: %s", exc.message)
             return
         for name in sorted(names):
-            model = self.models.get(name)
             try:
-                if model is None:
-                    if self.states.get(name, ("",))[0] != "UNAVAILABLE" or self.states[name][1] != "unloaded":
-                        await self.load(name)
+                key = self.repository.disk_key(name)
+                if key == self._seen.get(name) or self.states.get(name) == ("UNAVAILABLE", "unloaded"):
                     continue
-                on_disk = self.repository.load_spec(name).variants.values()
-                if self.signature(on_disk) != self.signature(v.spec for v in model.variants.values()):
-                    log.info("repository poll: %s changed on disk, reloading", name)
-                    await self.load(name)
+                model = self.models.get(name)
+                if model is not None:
+                    # Unavailable variants (or kept older versions) are missing here, so a fix reloads.
+                    on_disk = self.repository.load_spec(name).variants.values()
+                    if self.signature(on_disk) == self.signature(v.spec for v in model.variants.values()):
+                        self._seen[name] = key
+                        continue
+                log.info("repository poll: %s is new or changed on disk, loading", name)
+                await self.load(name)
             except SlimserveError as exc:
                 log.error("repository poll: %s: %s", name, exc.message)
+            except Exception as exc:  # the poll must outlive any one model
+                log.error("repository poll: %s: %s", name, _first_line(exc))
         for name in set(self.models) - names:
             log.info("repository poll: %s was removed from disk, unloading", name)
             await self.unload(name)
+        for name in set(self.states) - names - set(self.models):
+            self.states.pop(name, None)  # a folder that failed to load and is gone: forget it
+            self._seen.pop(name, None)
 
     def _start_variant(self, spec: ModelSpec, vspec: VariantSpec, session: Session) -> LoadedVariant:
         metrics = self.metrics.variant(spec.name, vspec.name)
@@ -258,8 +333,10 @@ class Registry:
         async with self._lock:
             model = self.models.pop(name, None)
             if model is None and name not in self.states:
-                raise NotFound(f"unknown model '{name}'")
+                raise NotFound(f"unknown model {name!r:.100}")
             self.states[name] = ("UNAVAILABLE", "unloaded")
+            self.metrics.set_unavailable(name, {})
+        await self._notify(name, False)
         if model is not None:
             await asyncio.gather(*(v.batcher.close() for v in model.variants.values()))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,33 @@ class Repository:
             p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()
         )
 
+    def has_model(self, name: str) -> bool:
+        """Is `name` a model folder (a sub-folder with a manifest)? Never raises for odd names."""
+        try:
+            return not name.startswith(".") and "/" not in name and (self.root / name / MANIFEST).is_file()
+        except (OSError, ValueError):
+            return False
+
+    def disk_key(self, name: str) -> tuple:
+        """What the model folder looks like on disk (names, sizes, mtimes of its files two levels deep);
+        equal keys mean nothing was written, so the poll need not parse or hash anything."""
+        folder = self.root / name
+        entries: list[tuple] = []
+        try:
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue  # staging folders of jobs in progress
+                if entry.is_dir(follow_symlinks=False):
+                    for inner in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                        st = inner.stat()
+                        entries.append((entry.name, inner.name, st.st_size, st.st_mtime_ns, st.st_ino))
+                else:
+                    st = entry.stat()
+                    entries.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError as exc:
+            entries.append(("error", str(exc)))
+        return tuple(entries)
+
     @staticmethod
     def confined(base: Path, relative: str, what: str) -> Path:
         """Resolve `relative` under `base`, refusing `..`, absolute paths and symlinks that escape."""
@@ -39,8 +67,8 @@ class Repository:
 
     def load_spec(self, name: str) -> ModelSpec:
         """Parse and validate `<root>/<name>/manifest.json`."""
-        if not name or "/" in name or name.startswith("."):
-            raise RepositoryError(f"invalid model name {name!r}")
+        if not name or "/" in name or name.startswith(".") or not name.isprintable():
+            raise RepositoryError(f"invalid model name {name!r:.100}")
         folder = self.confined(self.root, name, f"model {name!r}")
         if not (folder / MANIFEST).is_file():
             if not folder.is_dir():

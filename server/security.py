@@ -49,7 +49,10 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks `authorization: Bearer <token>`; the admin token also opens every inference call."""
+    """Checks `authorization: Bearer <token>`; the admin token also opens every inference call.
+
+    Admin calls need the admin token; with none configured, they need the inference token (never nothing).
+    """
 
     def __init__(self, token: str | None, admin_token: str | None) -> None:
         self._token = token.encode() if token else None
@@ -77,9 +80,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(details)
         given = self._bearer(details)
         if method.startswith(ADMIN_PREFIXES):
-            if self._admin is None or self._matches(given, self._admin):
+            # Without an admin token the inference token guards admin calls too: a server that asks for
+            # a token must never leave unload/load/compress open to callers without one.
+            expected = self._admin if self._admin is not None else self._token
+            if self._matches(given, expected):
                 return await continuation(details)
-            return _deny(*self._refusal(given, "the admin token"))
+            return _deny(*self._refusal(given, "the admin token" if self._admin is not None else "a valid token"))
         if self._token is None or self._matches(given, self._token) or self._matches(given, self._admin):
             return await continuation(details)
         return _deny(*self._refusal(given, "a valid token"))

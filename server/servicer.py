@@ -13,10 +13,11 @@ import grpc
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 from server import __version__
-from server.codec import decode_request, encode_response
+from server.codec import encode_response
 from server.dataplane import DataPlane
 from server.errors import InvalidInput, NotFound, SlimserveError, Unavailable
 from server.registry import LoadedModel
+from server.wire import bounded_message, decode
 
 __all__ = ["InferenceServicer", "ServerState", "grpc_errors"]
 
@@ -40,6 +41,7 @@ class ServerState:
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
+        self.last_refused = 0.0  # monotonic time of the last call refused while draining
         self.in_flight = 0
         self.accepted = 0
         self.completed = 0
@@ -54,16 +56,21 @@ def grpc_errors(method: Handler) -> Handler:
         try:
             return await method(self, request, context)
         except SlimserveError as exc:
+            code = exc.code
             message = exc.message if exc.public else "internal error; the server log has the details"
             if not exc.public:
                 log.error("%s failed: %s", method.__name__, exc.message)
-            await context.abort(exc.code, message)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception:
             incident = uuid.uuid4().hex[:8]
             log.exception("%s failed (incident %s)", method.__name__, incident)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log")
+            code, message = grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log"
+        # Abort after the except blocks, with the request dropped: grpc keeps the AbortError in a reference
+        # cycle that only the cyclic GC frees. Raised inside an except block it would chain our exception, whose
+        # traceback holds every frame of the failed call (the request, decoded arrays: tens of MB each time).
+        del request
+        await context.abort(code, bounded_message(message))
 
     return wrapper  # type: ignore[return-value]
 
@@ -82,8 +89,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        loading = any(state == "LOADING" for state, _ in self.registry.states.values())
-        return pb.ServerReadyResponse(ready=self.state.ready and not loading)
+        # Ready once the startup load is done, until shutdown. A model that loads later (poll, RepositoryModelLoad)
+        # must not take the whole replica out of its Service; ModelReady answers per model.
+        return pb.ServerReadyResponse(ready=self.state.ready)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = self.registry.models.get(request.name)
@@ -177,13 +185,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         state = self.state
         if state.draining:
+            state.last_refused = time.monotonic()  # shutdown waits for callers to stop arriving
             raise Unavailable("the server is shutting down; retry on another replica")
         state.accepted += 1
         state.in_flight += 1
         try:
             remaining = context.time_remaining()
             deadline = time.monotonic() + remaining if remaining is not None else None
-            decoded = decode_request(request, self.max_elements, deadline)
+            decoded = await decode(request, self.max_elements, deadline)  # large bodies off the event loop
             response = encode_response(await self.dataplane.infer(decoded))
         except BaseException:
             state.failed += 1
@@ -208,6 +217,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if model is not None:
                 for vname in model.variants:
                     reply.models.add(name=name, version=vname, state="READY")
+                if not request.ready:
+                    for vname, why in model.unavailable.items():
+                        reply.models.add(name=name, version=vname, state="UNAVAILABLE", reason=why)
             elif not request.ready:
                 reply.models.add(name=name, version="", state=state, reason=reason)
         return reply
@@ -224,6 +236,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not request.model_name:
             raise InvalidInput("model_name is empty; name the model to unload")
         if request.model_name not in self.registry.models and request.model_name not in self.registry.states:
-            raise NotFound(f"unknown model '{request.model_name}'")
+            raise NotFound(f"unknown model {request.model_name!r:.100}")
         await self.registry.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()

@@ -29,7 +29,10 @@ class Settings:
     model_repository: Path = field(
         default=Path("model_repository"), metadata={"help": "root folder of the model repository"}
     )
-    host: str = field(default="0.0.0.0", metadata={"help": "address to listen on (gRPC and metrics)"})
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address to listen on, gRPC and metrics (0.0.0.0 = every interface, as containers need)"},
+    )
     grpc_port: int = field(default=8001, metadata={"help": "gRPC port (0 = pick a free port)"})
     metrics_port: int = field(default=8002, metadata={"help": "Prometheus /metrics port (0 = free port, -1 = off)"})
     workers: int = field(
@@ -77,7 +80,9 @@ class Settings:
         metadata={"help": "bearer token required on inference calls (metadata 'authorization: Bearer ...')"},
     )
     admin_token: str | None = field(
-        default=None, metadata={"help": "bearer token required on repository and compression calls"}
+        default=None,
+        metadata={"help": "bearer token required on repository and compression calls (unset: the --auth-token "
+                          "guards them too)"},
     )
     poll_seconds: float = field(
         default=0.0, metadata={"help": "re-read the repository this often and swap in changed models (0 = off)"}
@@ -143,6 +148,13 @@ def parse_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | 
 
 
 def _validate(s: Settings) -> None:
+    # Checked here: gRPC takes any integer and wraps it silently (-5 binds 65531, 70000 binds 4464).
+    if not 0 <= s.grpc_port <= 65535:
+        raise SettingsError(f"--grpc-port {s.grpc_port}: use 0 (a free port) to 65535")
+    if not -1 <= s.metrics_port <= 65535:
+        raise SettingsError(f"--metrics-port {s.metrics_port}: use -1 (off), 0 (a free port) or up to 65535")
+    if not (s.host or "").strip():
+        raise SettingsError("--host is empty: give an address such as 127.0.0.1 or 0.0.0.0")
     if s.workers < 1:
         raise SettingsError("--workers must be at least 1")
     if s.intra_op_threads < 0:

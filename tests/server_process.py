@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"gRPC on ([\d.]+):(\d+), metrics http://[\d.]+:(\d+)/metrics")
+# Hosts as the server prints them: IPv4 (0.0.0.0 too) or a bracketed IPv6 literal such as [::].
+_HOST = r"[\d.]+|\[[0-9a-fA-F:.]+\]"
+READY = re.compile(rf"gRPC on ({_HOST}):(\d+), metrics http://(?:{_HOST}):(\d+)/metrics")
 
 
 @dataclass
@@ -46,10 +48,12 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(repository: Path, *extra: str, timeout: float = 60.0, env: dict | None = None) -> ServerProcess:
-    """Launch the server and wait for its 'gRPC on …' line; raises with its output if it does not come up."""
-    cmd = [sys.executable, "-m", "server", "--model-repository", str(repository), "--host", "127.0.0.1",
-           "--grpc-port", "0", "--metrics-port", "0", *extra]
+def start_server(repository: Path, *extra: str, timeout: float = 60.0, env: dict | None = None,
+                 host: str | None = "127.0.0.1") -> ServerProcess:
+    """Launch the server and wait for its 'gRPC on …' line; raises with its output if it does not come up.
+    `host` None leaves the address to the server's default (or SLIMSERVE_HOST)."""
+    cmd = [sys.executable, "-m", "server", "--model-repository", str(repository),
+           *(["--host", host] if host is not None else []), "--grpc-port", "0", "--metrics-port", "0", *extra]
     process = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},

@@ -81,12 +81,23 @@ def test_help_documents_every_flag() -> None:
         assert flag in result.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_build_leaves_repository_untouched(existing_repo: Path, signum: int) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(("signum", "sigint_ignored"), [
+    (signal.SIGINT, False),
+    # A shell's background job (`scripts/test.sh &`) and some CI runners start with SIGINT ignored,
+    # which Python keeps: the build must still react to it.
+    (signal.SIGINT, True),
+    (signal.SIGTERM, False),
+], ids=["SIGINT", "SIGINT-ignored-by-parent", "SIGTERM"])
+def test_interrupted_build_leaves_repository_untouched(existing_repo: Path, signum: int, sigint_ignored: bool) -> None:
     """Stop a real build midway (staging folder already holding files); nothing may change."""
     before = snapshot(existing_repo)
     proc = subprocess.Popen(build_cmd("--out", str(existing_repo), "--quiet"), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ignore_sigint if sigint_ignored else None)
     try:
         deadline = time.monotonic() + 60
         while not list(existing_repo.glob(".digits.partial-*/heldout.npz")):

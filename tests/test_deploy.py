@@ -41,3 +41,4 @@ def test_config_names_real_server_settings(rendered: Path) -> None:
     assert set(config["data"]) <= fields, set(config["data"]) - fields
     settings = parse_settings([], environ=config["data"])  # the values parse and validate
     assert settings.grpc_port == 8001 and settings.metrics_port == 8002
+    assert settings.host == "0.0.0.0"  # the server's default is loopback, which no Service or probe reaches

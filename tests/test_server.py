@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import subprocess
 import sys
@@ -16,14 +17,23 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_process import ROOT, ServerProcess, start_server
+from spin_repository import FOREVER, spin_rows, write_spin_repository
 from tiny_repository import FEATURES, write_tiny_repository
 from tritonclient.utils import InferenceServerException
+
+from clients.metrics import parse_metrics
 
 
 def _input(x: np.ndarray, name: str = "input", datatype: str = "FP32") -> triton.InferInput:
     tensor = triton.InferInput(name, list(x.shape), datatype)
     tensor.set_data_from_numpy(x)
     return tensor
+
+
+def _wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _status(call) -> tuple[str, str]:
@@ -164,19 +174,30 @@ def _check_batching(tiny_server: ServerProcess) -> None:
     assert runs < requests, f"{runs} runs for {requests} concurrent requests: nothing was merged"
 
 
-def test_changed_file_makes_only_that_model_unavailable(tmp_path: Path) -> None:
+def test_changed_file_makes_only_that_variant_unavailable(tmp_path: Path) -> None:
+    """A tampered file takes only its own variant offline: the model and its other variants keep serving."""
     write_tiny_repository(tmp_path, name="good")
-    bad = write_tiny_repository(tmp_path, name="bad")
+    bad = write_tiny_repository(tmp_path, name="bad", routing={"policy": "split", "weights": {"teacher": 1, "small": 1}})
     with (bad / "small" / "model.onnx").open("ab") as fh:
         fh.write(b"\0")
     server = start_server(tmp_path)
     try:
         client = triton.InferenceServerClient(server.url)
-        assert client.is_model_ready("good")
-        status, message = _status(lambda: client.infer("bad", [_input(np.zeros((1, FEATURES), np.float32))]))
+        x = np.zeros((1, FEATURES), np.float32)
+        assert client.is_model_ready("good") and client.is_model_ready("bad", "teacher")
+        assert not client.is_model_ready("bad", "small")
+        # Explicitly asked for, the bad variant answers UNAVAILABLE with the reason ...
+        status, message = _status(lambda: client.infer("bad", [_input(x)], model_version="small"))
         assert status == "StatusCode.UNAVAILABLE" and "sha256" in message
-        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
-        assert index["bad"]["state"] == "UNAVAILABLE" and "sha256" in index["bad"]["reason"]
+        # ... and routing (a 50/50 split) skips it: every routed request lands on the teacher.
+        assert {client.infer("bad", [_input(x)]).get_response().model_version for _ in range(20)} == {"teacher"}
+        index = {(m["name"], m["version"]): m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index[("bad", "teacher")]["state"] == "READY"
+        assert index[("bad", "small")]["state"] == "UNAVAILABLE" and "sha256" in index[("bad", "small")]["reason"]
+        text = server.metrics()
+        assert 'slimserve_variant_available{model="bad",variant="small"} 0.0' in text
+        assert 'slimserve_variant_available{model="bad",variant="teacher"} 1.0' in text
+        assert any("bad/small is unavailable" in line and "sha256" in line for line in server.lines)
     finally:
         server.stop()
 
@@ -198,17 +219,17 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
                 client.infer("tiny", [_input(x)])
                 completed[0] += 1
             except InferenceServerException as exc:
-                # After SIGTERM, new calls are refused (UNAVAILABLE, or CANCELLED by gRPC for calls that
-                # arrive as the port closes); whether any *accepted* call failed is checked below.
-                (refused if exc.status() in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED") else client_errors).append(
+                # After SIGTERM, new calls are refused with UNAVAILABLE (which retry policies retry; never
+                # CANCELLED); whether any *accepted* call failed is checked below.
+                (refused if exc.status() == "StatusCode.UNAVAILABLE" else client_errors).append(
                     f"{exc.status()} {exc.message()}"
                 )
                 return
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    _wait_until(lambda: completed[0] >= 200, 30)
     assert server.stop() == 0
     stop.set()
     for t in threads:
@@ -238,76 +259,142 @@ def test_bad_flag_exits_2(flag: str) -> None:
     assert done.returncode == 2 and flag in done.stderr and "Traceback" not in done.stderr
 
 
-def test_queue_limit_and_deadline_through_a_real_server(tmp_path: Path) -> None:
-    """A full queue answers RESOURCE_EXHAUSTED at once; a request past its deadline gets DEADLINE_EXCEEDED."""
-    write_tiny_repository(tmp_path, hidden=2048)
-    server = start_server(tmp_path, "--workers", "1", "--max-queue-size", "2", "--no-batching")
+def _spin_server(tmp_path: Path, *flags: str) -> ServerProcess:
+    """One run slot, no batching: a FOREVER request holds the slot until the server is killed."""
+    write_spin_repository(tmp_path)
+    return start_server(tmp_path, "--workers", "1", "--no-batching", *flags)
+
+
+def _spin(server: ServerProcess, steps: float, timeout: float | None = None) -> str:
+    """Send one spin request to the teacher; returns "OK" or the status code's name."""
+    client = triton.InferenceServerClient(server.url)
     try:
-        codes: list[str] = []
-        lock = threading.Lock()
-        x = np.ones((64, FEATURES), np.float32)
-
-        def call(timeout: float | None) -> None:
-            client = triton.InferenceServerClient(server.url)
-            try:
-                client.infer("tiny", [_input(x)], client_timeout=timeout)
-                code = "OK"
-            except InferenceServerException as exc:
-                code = exc.status()
-            with lock:
-                codes.append(code)
-
-        threads = [threading.Thread(target=call, args=(30,)) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert "StatusCode.RESOURCE_EXHAUSTED" in codes and "OK" in codes, codes
-        assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
-
-        # Keep the one slot busy, then send a request whose deadline passes while it waits in the queue.
-        busy = [threading.Thread(target=call, args=(30,)) for _ in range(2)]
-        for t in busy:
-            t.start()
-        time.sleep(0.05)
-        codes.clear()
-        call(0.005)
-        assert codes == ["StatusCode.DEADLINE_EXCEEDED"], codes
-        for t in busy:
-            t.join(60)
-        text = server.metrics()
-        assert 'code="RESOURCE_EXHAUSTED"' in text
+        client.infer("tiny", [_input(spin_rows(steps))], model_version="teacher", client_timeout=timeout)
+        return "OK"
+    except InferenceServerException as exc:
+        return exc.status()
     finally:
-        server.stop()
+        client.close()
 
 
-def test_cancelled_request_costs_no_compute(tmp_path: Path) -> None:
-    """A caller that gives up while its request is queued: the request is dropped, never run."""
+def _kill(server: ServerProcess, threads: list[threading.Thread]) -> None:
+    """SIGKILL: a graceful stop would wait for the FOREVER run; the callers then get UNAVAILABLE."""
+    server.process.kill()
+    server.process.wait()
+    for t in threads:
+        t.join(30)
+
+
+def test_full_queue_answers_resource_exhausted(tmp_path: Path) -> None:
+    """One request runs, --max-queue-size wait; the next is refused at once, whatever the machine's speed."""
+    server = _spin_server(tmp_path, "--max-queue-size", "2")
+    outcomes: queue.Queue[str] = queue.Queue()
+    senders: list[threading.Thread] = []
+    try:
+        # Requests that never finish: the first to arrive takes the slot, the next two wait, any more are
+        # refused. Send them one by one until a refusal comes back; the refusal itself says the queue is
+        # full, so nothing here guesses how long a run takes (the pause only paces the sending).
+        refused = 0
+        while not refused:
+            assert len(senders) < 100, "the queue never filled up"
+            sender = threading.Thread(target=lambda: outcomes.put(_spin(server, FOREVER)), daemon=True)
+            sender.start()
+            senders.append(sender)
+            try:
+                code = outcomes.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            assert code == "StatusCode.RESOURCE_EXHAUSTED", code
+            refused += 1
+        # Requests still on their way are refused as they arrive: exactly one running plus two waiting remain.
+        while len(senders) - refused > 3:
+            assert outcomes.get(timeout=60) == "StatusCode.RESOURCE_EXHAUSTED"
+            refused += 1
+        assert len(senders) - refused == 3 and outcomes.empty()
+        # The queue stays full: even a request that would cost nothing is refused, without waiting.
+        assert _spin(server, 0) == "StatusCode.RESOURCE_EXHAUSTED"
+        snapshot = parse_metrics(server.metrics())
+        assert snapshot.value("slimserve_requests_total", code="RESOURCE_EXHAUSTED", variant="teacher") == refused + 1
+    finally:
+        _kill(server, senders)
+
+
+def test_deadline_passing_in_the_queue_is_deadline_exceeded(tmp_path: Path) -> None:
+    """A request waiting behind a run that never ends fails with DEADLINE_EXCEEDED when its deadline passes."""
+    server = _spin_server(tmp_path)
+    holder = threading.Thread(target=_spin, args=(server, FOREVER), daemon=True)
+    try:
+        client = triton.InferenceServerClient(server.url)
+
+        def failed() -> int:
+            stats = client.get_inference_statistics("tiny", "teacher", as_json=True)["model_stats"][0]
+            return int(stats["inference_stats"].get("fail", {}).get("count", 0))
+
+        holder.start()
+        # A zero-step request with a deadline. Until the holder has taken the slot it runs at once (OK,
+        # try again); after that it can only wait in the queue. The server must count it as failed, so its
+        # deadline passed there rather than on the way; if not, the deadline was too short for this
+        # machine's load and is doubled.
+        timeout, give_up, ok = 0.5, time.monotonic() + 120, 0
+        while True:
+            assert time.monotonic() < give_up, f"no queued request timed out (answered OK {ok} times)"
+            before = failed()
+            code = _spin(server, 0, timeout=timeout)
+            if code == "OK":
+                ok += 1
+                continue
+            assert code == "StatusCode.DEADLINE_EXCEEDED", code
+            _wait_until(lambda before=before: failed() > before, 10)
+            if failed() == before + 1:
+                break
+            timeout *= 2
+        client.close()
+    finally:
+        _kill(server, [holder])
+
+
+def test_cancelled_or_expired_requests_leave_the_queue_without_running(tmp_path: Path) -> None:
+    """A caller that gives up (or whose deadline passes) while queued: the request leaves the queue at once,
+    never runs, frees its queue place, and is counted with its real code; no step depends on speed."""
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    write_tiny_repository(tmp_path, hidden=2048)
-    server = start_server(tmp_path, "--workers", "1", "--no-batching", "--max-batch-size", "2048")
+    server = _spin_server(tmp_path, "--max-queue-size", "1")
+    holder = threading.Thread(target=_spin, args=(server, FOREVER), daemon=True)
+    channel = grpc.insecure_channel(server.url)
     try:
-        channel = grpc.insecure_channel(server.url)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
-        def request(rows: int) -> service_pb2.ModelInferRequest:
-            message = service_pb2.ModelInferRequest(model_name="tiny", model_version="small")
-            message.inputs.add(name="input", datatype="FP32", shape=[rows, FEATURES])
-            message.raw_input_contents.append(np.ones((rows, FEATURES), np.float32).tobytes())
+        def gauge(name: str) -> float | None:
+            return parse_metrics(server.metrics()).value(name, model="tiny", variant="teacher")
+
+        def request() -> service_pb2.ModelInferRequest:
+            message = service_pb2.ModelInferRequest(model_name="tiny", model_version="teacher")
+            message.inputs.add(name="input", datatype="FP32", shape=[1, FEATURES])
+            message.raw_input_contents.append(spin_rows(0).tobytes())
             return message
 
-        busy = [stub.ModelInfer.future(request(2048), timeout=30) for _ in range(3)]  # ~0.1 s of compute each
-        time.sleep(0.05)
-        cancelled = stub.ModelInfer.future(request(5), timeout=30)  # 5 rows: recognisable in the counts
-        time.sleep(0.01)
+        holder.start()  # takes the only run slot and keeps it until the server is killed
+        _wait_until(lambda: gauge("slimserve_runs_in_progress") == 1, 60)
+        cancelled = stub.ModelInfer.future(request(), timeout=60)
+        _wait_until(lambda: gauge("slimserve_queue_depth") == 1, 60)
         assert cancelled.cancel()
-        for future in busy:
-            future.result()
-        time.sleep(0.2)
-        stats = triton.InferenceServerClient(server.url).get_inference_statistics("tiny", "small", as_json=True)
-        entry = stats["model_stats"][0]
-        assert int(entry["inference_count"]) == 3 * 2048, entry  # the 5 cancelled rows never ran
-        channel.close()
+        _wait_until(lambda: gauge("slimserve_queue_depth") == 0, 60)
+        # Its place is free again (--max-queue-size 1): the next request queues instead of being refused,
+        # and when its deadline passes it leaves too, counted as DEADLINE_EXCEEDED rather than CANCELLED.
+        expiring = stub.ModelInfer.future(request(), timeout=5)
+        _wait_until(lambda: gauge("slimserve_queue_depth") == 1 or expiring.done(), 60)
+        with pytest.raises(grpc.RpcError) as err:
+            expiring.result()
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        _wait_until(lambda: gauge("slimserve_queue_depth") == 0, 60)
+        snapshot = parse_metrics(server.metrics())
+        assert snapshot.value("slimserve_requests_total", variant="teacher", code="DEADLINE_EXCEEDED") == 1
+        assert snapshot.value("slimserve_requests_total", variant="teacher", code="CANCELLED") == 1
+        assert snapshot.value("slimserve_requests_total", variant="teacher", code="RESOURCE_EXHAUSTED") is None
+        # The holder ran throughout on the only slot, so neither request can have run.
+        assert gauge("slimserve_runs_in_progress") == 1
+        stats = triton.InferenceServerClient(server.url).get_inference_statistics("tiny", "teacher", as_json=True)
+        assert int(stats["model_stats"][0].get("execution_count", 0)) == 0
     finally:
-        server.stop()
+        channel.close()
+        _kill(server, [holder])
