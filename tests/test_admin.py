@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections import Counter
@@ -15,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from server_process import ServerProcess, start_server
-from tiny_repository import FEATURES, write_tiny_repository
+from tiny_repository import FEATURES, swap_variant, write_tiny_repository
 from tritonclient.utils import InferenceServerException
 
 from modelrepo.schema import validate
@@ -154,12 +153,7 @@ def test_poll_swaps_in_a_changed_variant(server: ServerProcess, tmp_path: Path) 
     x = np.ones((1, FEATURES), np.float32)
     before = client.infer("tiny", [_input(x)], model_version="small").as_numpy("logits")
     other = write_tiny_repository(tmp_path / "other", hidden=16)
-    shutil.copy(other / "small" / "model.onnx", folder / "small" / "model.onnx.new")
-    (folder / "small" / "model.onnx.new").replace(folder / "small" / "model.onnx")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["variants"]["small"]["sha256"] = json.loads((other / "manifest.json").read_text())["variants"]["small"]["sha256"]
-    (folder / "manifest.json.new").write_text(json.dumps(manifest))
-    (folder / "manifest.json.new").replace(folder / "manifest.json")
+    swap_variant(folder, other)
     expected = ort.InferenceSession(str(other / "small" / "model.onnx")).run(None, {"input": x})[0]
     deadline = time.monotonic() + 15
     got = before

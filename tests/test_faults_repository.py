@@ -15,7 +15,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from server_process import ServerProcess, start_server
-from tiny_repository import FEATURES, write_tiny_repository
+from tiny_repository import FEATURES, swap_variant, write_tiny_repository
 from tritonclient.utils import InferenceServerException
 
 from protos import compression_pb2 as cpb
@@ -241,8 +241,6 @@ def test_reflection_answers_v1_and_v1alpha(tiny_server: ServerProcess) -> None:
 
 def test_hot_reload_under_load_fails_no_request(tmp_path: Path) -> None:
     """A variant replaced on disk (file, then manifest) while 4 clients call it: every call succeeds."""
-    import shutil
-
     folder = write_tiny_repository(tmp_path / "repo")
     server = start_server(tmp_path / "repo", "--poll-seconds", "0.1")
     try:
@@ -270,12 +268,7 @@ def test_hot_reload_under_load_fails_no_request(tmp_path: Path) -> None:
         for t in threads:
             t.start()
         _wait_until(lambda: codes["OK"] >= 50)
-        shutil.copy(other / "small" / "model.onnx", folder / "small" / "model.onnx.new")
-        (folder / "small" / "model.onnx.new").replace(folder / "small" / "model.onnx")
-        manifest = json.loads((folder / "manifest.json").read_text())
-        manifest["variants"]["small"]["sha256"] = json.loads((other / "manifest.json").read_text())["variants"]["small"]["sha256"]
-        (folder / "manifest.json.new").write_text(json.dumps(manifest))
-        (folder / "manifest.json.new").replace(folder / "manifest.json")
+        swap_variant(folder, other)
         _wait_until(changed.is_set)
         ok_at_swap = codes["OK"]
         _wait_until(lambda: codes["OK"] >= ok_at_swap + 50)

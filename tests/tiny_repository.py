@@ -106,3 +106,16 @@ def write_tiny_repository(root: Path, name: str = "tiny", routing: dict | None =
     assert validate(manifest) == [], validate(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
+
+
+def swap_variant(folder: Path, other: Path, variant: str = "small") -> None:
+    """Replace `variant` in model `folder` by the one in `other` as an operator would on a live server:
+    the file first (atomic rename), then the manifest's sha256 (atomic rename)."""
+    import shutil
+
+    shutil.copy(other / variant / "model.onnx", folder / variant / "model.onnx.new")
+    (folder / variant / "model.onnx.new").replace(folder / variant / "model.onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["variants"][variant]["sha256"] = json.loads((other / "manifest.json").read_text())["variants"][variant]["sha256"]
+    (folder / "manifest.json.new").write_text(json.dumps(manifest))
+    (folder / "manifest.json.new").replace(folder / "manifest.json")
