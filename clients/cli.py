@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from clients.address import with_default_port
+from clients.address import AddressError, parse_target
 from clients.client import Client
 from clients.compare import run_compare
 from clients.errors import ClientError
@@ -40,12 +40,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _target(text: str) -> str:
+    """`--url` with its ports filled in; a malformed one is a usage error that quotes it."""
+    try:
+        return str(parse_target(text))
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=DEFAULT_URL, type=with_default_port,
-                        help="gRPC address HOST[:PORT], port 8001 when left out (default %(default)s)")
+    common.add_argument("--url", default=DEFAULT_URL, type=_target,
+                        help="gRPC address HOST[:PORT]; several replicas as HOST[:PORT],HOST[:PORT],... or "
+                             "dns:///NAME[:PORT] (every address of the name, e.g. a headless Service), "
+                             "balanced per request; port 8001 when left out (default %(default)s)")
     common.add_argument("--metrics-url", default=None,
-                        help="Prometheus endpoint (default http://<host of --url>:8002/metrics)")
+                        help="Prometheus endpoint (default http://<first host of --url>:8002/metrics)")
     common.add_argument("--timeout", type=_positive_float, default=30.0,
                         help="seconds each call may take (default %(default)s)")
     common.add_argument("--model", required=True, help="model name in the server's repository")

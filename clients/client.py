@@ -10,7 +10,8 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from clients.address import with_default_port
+from clients.address import parse_target
+from clients.channel import channel_args, dial_target
 from clients.errors import ClientError, ServerError, UnreachableError
 from clients.model import ModelInfo, Prediction, TensorInfo, VariantStatistics
 
@@ -27,6 +28,7 @@ _CONNECT_FAILURES = (
     "connect failed",
     "no route to host",
     "errors resolving",
+    "backends failing",  # round_robin: every replica is down or unhealthy
 )
 
 
@@ -47,14 +49,37 @@ def _tensor(t: Any) -> TensorInfo:
     return TensorInfo(t.name, t.datatype, tuple(int(d) for d in t.shape))
 
 
+def _triton_defaults() -> list[tuple[str, Any]]:
+    """The channel arguments tritonclient sets itself, which passing our own `channel_args` would drop."""
+    keepalive = triton.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+    ]
+
+
 class Client:
-    """Synchronous client for one server; errors come out as `ServerError` or `UnreachableError`."""
+    """Synchronous client of one server or several replicas; errors come out as `ServerError` or
+    `UnreachableError`.
+
+    `url` is `host[:port]`, several of them comma-separated, or `dns:///name[:port]` (port 8001 when left
+    out); requests are spread over the replicas one by one (round_robin), skipping any that is down or
+    draining, and an idempotent call that meets a replica as it stops is retried on another.
+    """
 
     def __init__(self, url: str, timeout: float | None = 30.0) -> None:
-        self.url = with_default_port(url)
+        target = parse_target(url)  # AddressError (a ClientError) for what cannot be an address
+        self.url = str(target)
         self.timeout = timeout
+        dial, authority = dial_target(target)
         try:
-            self._triton = triton.InferenceServerClient(self.url)
+            self._triton = triton.InferenceServerClient(
+                dial, channel_args=_triton_defaults() + channel_args(authority)
+            )
         except InferenceServerException as exc:
             raise UnreachableError(self.url, _first_line(exc)) from None
 

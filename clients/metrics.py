@@ -9,15 +9,22 @@ from typing import Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.address import AddressError, parse_target
 from clients.errors import MetricsError
 
 __all__ = ["MetricsSnapshot", "fetch_metrics", "parse_metrics", "default_metrics_url"]
 
 
 def default_metrics_url(grpc_url: str, port: int = 8002) -> str:
-    """`host:8001` -> `http://host:8002/metrics` (Triton's default metrics port); keeps `[v6]` brackets."""
-    host = grpc_url.rpartition(":")[0] if ":" in grpc_url and not grpc_url.endswith("]") else grpc_url
-    return f"http://{host or '127.0.0.1'}:{port}/metrics"
+    """`host:8001` -> `http://host:8002/metrics` (Triton's default metrics port); keeps `[v6]` brackets.
+
+    Of several replicas (or a `dns:` name) it is the first host's: one scrape reads one replica.
+    """
+    try:
+        host = parse_target(grpc_url).addresses[0].host_text
+    except AddressError:
+        host = "127.0.0.1"
+    return f"http://{host}:{port}/metrics"
 
 
 @dataclass(frozen=True)

@@ -272,9 +272,11 @@ class Registry:
                     continue
                 model = self.models.get(name)
                 if model is not None:
-                    # Unavailable variants (or kept older versions) are missing here, so a fix reloads.
-                    on_disk = self.repository.load_spec(name).variants.values()
-                    if self.signature(on_disk) == self.signature(v.spec for v in model.variants.values()):
+                    # Unavailable variants (or kept older versions) are missing here, so a fix reloads. A new
+                    # routing (SetRouting on another server sharing the repository) reloads too, reusing every session.
+                    on_disk = self.repository.load_spec(name)
+                    if (self.signature(on_disk.variants.values()) == self.signature(v.spec for v in model.variants.values())
+                            and on_disk.routing == model.spec.routing):
                         self._seen[name] = key
                         continue
                 log.info("repository poll: %s is new or changed on disk, loading", name)

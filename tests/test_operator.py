@@ -139,7 +139,7 @@ def test_deploy_listens_on_every_interface() -> None:
     """The image and the Kubernetes config both say 0.0.0.0: the server's own default (loopback) reaches no pod."""
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert re.search(r"^ENV .*\bSLIMSERVE_HOST=0\.0\.0\.0\b", dockerfile, re.M)
-    config = yaml.safe_load((ROOT / "deploy" / "configmap.yaml").read_text())
+    config = yaml.safe_load((ROOT / "deploy" / "base" / "configmap.yaml").read_text())
     assert parse_settings([], environ=config["data"]).host == "0.0.0.0"
 
 
