@@ -26,9 +26,7 @@ class Repository:
             raise RepositoryError(
                 f"model repository {self.root} does not exist; build one with `python -m compression.build`"
             )
-        return sorted(
-            p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()
-        )
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and _has_manifest(p))
 
     def has_model(self, name: str) -> bool:
         """Is `name` a model folder (a sub-folder with a manifest)? Never raises for odd names."""
@@ -113,6 +111,14 @@ class Repository:
                     f"{variant.path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the "
                     f"variant's folder; refusing to load it"
                 )
+
+
+def _has_manifest(folder: Path) -> bool:
+    """A model folder? An entry we may not read (a volume's root-only `lost+found`) is not one."""
+    try:
+        return (folder / MANIFEST).is_file()
+    except OSError:
+        return False
 
 
 def _all_tensors(graph: Any) -> Any:

@@ -85,3 +85,36 @@ def test_external_data_outside_the_variant_folder_is_refused(tmp_path: Path) -> 
     onnx.save(model, str(path))
     with pytest.raises(RepositoryError, match="outside the variant's folder"):
         Repository(tmp_path).check_external_data(spec.variants["small"])
+
+
+def test_unreadable_entries_are_not_models() -> None:
+    """A volume's root-only `lost+found` beside the models must not stop the server from listing them."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    # Not pytest's tmp_path: its parents are private to us, and the check runs as another user when we are root.
+    root = Path(tempfile.mkdtemp(prefix="slimserve-lostfound-"))
+    try:
+        root.chmod(0o755)
+        write_tiny_repository(root)
+        (root / "lost+found").mkdir(mode=0o000)
+        code = "import sys; from server.repository import Repository; print(Repository(sys.argv[1]).model_names())"
+        command = [sys.executable, "-c", code, str(root)]
+        if os.geteuid() == 0:  # root reads anything: list as an unprivileged user, as the pods run
+            if shutil.which("setpriv") is None:
+                pytest.skip("running as root without setpriv to drop privileges")
+            drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            probe = subprocess.run([*drop, sys.executable, "-c", "import server.repository"], capture_output=True,
+                                   timeout=60, cwd=Path(__file__).resolve().parents[1])
+            if probe.returncode != 0:
+                pytest.skip("the checkout or its venv is not readable by an unprivileged user here")
+            command = [*drop, *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0 and done.stdout.strip() == "['tiny']", done.stderr[-2000:]
+    finally:
+        (root / "lost+found").chmod(0o700)
+        shutil.rmtree(root)
