@@ -171,14 +171,23 @@ def hold_staging(folder: Path) -> int | None:
     namespace (a replica, a build pod sharing the volume) still sees the folder is in use, where a
     pid or job id alone cannot tell. None where the file system has no flock (then names decide).
     """
-    if fcntl is None:
-        return None
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        return _try_lock(folder)
     except OSError:
         return None
+
+
+def _try_lock(folder: Path) -> int | None:
+    """An open fd of `folder` holding its exclusive lock, or None where there is no flock (fcntl or file
+    system); raises BlockingIOError while another process holds it, OSError when it cannot be opened."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
     except OSError:
         os.close(fd)
         return None
@@ -216,19 +225,10 @@ def _remove_if_unheld(folder: Path, owner: str) -> bool:
         return False
     if not stat.S_ISDIR(info.st_mode):
         return False  # a symlink (or a file) with a staging name: never followed, never removed
-    fd = None
-    if fcntl is not None:
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False  # its owner is alive somewhere
-        except OSError:
-            pass  # no flock on this file system: the owner test by name decided alone
+    try:
+        fd = _try_lock(folder)  # None without flock: the owner test by name decided alone
+    except OSError:  # BlockingIOError: its owner is alive somewhere; else it cannot be opened
+        return False
     try:
         shutil.rmtree(folder)  # refuses a symlink at the top, unlinks (never follows) those inside
     except OSError as exc:

@@ -11,7 +11,7 @@ from modelrepo.files import MANIFEST, confined, read_manifest, sha256_file
 from modelrepo.records import ModelSpec, TensorSpec, VariantSpec, parse_model
 from server.errors import NotFound, RepositoryError
 
-__all__ = ["TensorSpec", "VariantSpec", "ModelSpec", "Repository"]
+__all__ = ["TensorSpec", "VariantSpec", "ModelSpec", "Repository", "is_model_name"]
 
 
 class Repository:
@@ -30,10 +30,7 @@ class Repository:
 
     def has_model(self, name: str) -> bool:
         """Is `name` a model folder (a sub-folder with a manifest)? Never raises for odd names."""
-        try:
-            return not name.startswith(".") and "/" not in name and (self.root / name / MANIFEST).is_file()
-        except (OSError, ValueError):
-            return False
+        return is_model_name(name) and _has_manifest(self.root / name)
 
     def disk_key(self, name: str) -> tuple:
         """What the model folder looks like on disk (names, sizes, mtimes of its files two levels deep);
@@ -65,7 +62,7 @@ class Repository:
 
     def load_spec(self, name: str) -> ModelSpec:
         """Parse and validate `<root>/<name>/manifest.json`."""
-        if not name or "/" in name or name.startswith(".") or not name.isprintable():
+        if not is_model_name(name):
             raise RepositoryError(f"invalid model name {name!r:.100}")
         folder = self.confined(self.root, name, f"model {name!r}")
         if not (folder / MANIFEST).is_file():
@@ -113,11 +110,16 @@ class Repository:
                 )
 
 
+def is_model_name(name: str) -> bool:
+    """Can `name` be a model folder: printable, no path separator, no leading dot (staging), <= 255 chars?"""
+    return 0 < len(name) <= 255 and not name.startswith(".") and not any(c in name for c in "/\\") and name.isprintable()
+
+
 def _has_manifest(folder: Path) -> bool:
     """A model folder? An entry we may not read (a volume's root-only `lost+found`) is not one."""
     try:
         return (folder / MANIFEST).is_file()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
         return False
 
 

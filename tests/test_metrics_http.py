@@ -163,17 +163,23 @@ def test_idle_connections_use_no_threads_and_are_closed(server: ServerProcess) -
     assert server.process.poll() is None and "slimserve_requests_total" in server.metrics()
 
 
-def test_busy_metrics_port_is_one_line_and_exit_1(tiny_repo: Path) -> None:
+def _with_busy_metrics_port(tiny_repo: Path, *command: str) -> tuple[subprocess.CompletedProcess, int, int]:
+    """Run `command` + server flags with the metrics port taken by another socket: (result, gRPC, metrics port)."""
     grpc_port = _free_port()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         metrics_port = busy.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "server", "--model-repository", str(tiny_repo), "--host", "127.0.0.1",
+            [*command, "--model-repository", str(tiny_repo), "--host", "127.0.0.1",
              "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--log-level", "warning"],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
+    return done, grpc_port, metrics_port
+
+
+def test_busy_metrics_port_is_one_line_and_exit_1(tiny_repo: Path) -> None:
+    done, grpc_port, metrics_port = _with_busy_metrics_port(tiny_repo, sys.executable, "-m", "server")
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
         f"slimserve: cannot listen on 127.0.0.1:{metrics_port} for metrics: "
@@ -202,17 +208,8 @@ uvloop.run(main())
 
 
 def test_start_that_fails_on_metrics_leaves_nothing_running(tiny_repo: Path) -> None:
-    grpc_port = _free_port()
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        metrics_port = busy.getsockname()[1]
-        # A process with a live gRPC server or worker thread left would not exit: the timeout would fire.
-        done = subprocess.run(
-            [sys.executable, "-c", _START_ONLY, "--model-repository", str(tiny_repo), "--host", "127.0.0.1",
-             "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--log-level", "warning"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )
+    # A process with a live gRPC server or worker thread left would not exit: the timeout would fire.
+    done, grpc_port, metrics_port = _with_busy_metrics_port(tiny_repo, sys.executable, "-c", _START_ONLY)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.startswith(f"cannot listen on 127.0.0.1:{metrics_port} for metrics: address in use")
     with socket.socket() as again:
