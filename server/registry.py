@@ -18,7 +18,7 @@ import numpy as np
 from server.batcher import Batcher
 from server.errors import InvalidInput, NotFound, RepositoryError, SlimserveError, Unavailable
 from server.metrics import Metrics, VariantFacts, VariantMetrics
-from server.repository import ModelSpec, Repository, VariantSpec
+from server.repository import ModelSpec, Repository, VariantSpec, is_model_name
 from server.router import Router, parse_policy
 from server.runtime import Session, prime_onnxruntime
 from server.settings import Settings
@@ -143,7 +143,7 @@ class Registry:
 
     def _check_name(self, name: str) -> None:
         """Refuse names that cannot be a model folder before anything is recorded under them."""
-        if not name or len(name) > 255 or name.startswith(".") or any(c in name for c in "/\\") or not name.isprintable():
+        if not is_model_name(name):
             raise InvalidInput(
                 f"model name {name!r:.100} is not a model folder name (printable, no '/', not starting with '.', "
                 f"at most 255 characters); see RepositoryIndex"
@@ -236,15 +236,25 @@ class Registry:
         if not sessions:
             return
         files = [str(s.path) for s in sessions.values()]
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "server.memprobe", *files, "--threads", str(self.settings.intra_op_threads),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            )
-            out, _ = await asyncio.wait_for(process.communicate(), timeout=300)
-            figures = json.loads(out.decode().strip().splitlines()[-1])
-        except (OSError, ValueError, IndexError, asyncio.TimeoutError) as exc:
-            log.warning("memory probe failed (%s); keeping in-process estimates", exc)
+        figures: dict[str, int] | None = None
+        for attempt in (1, 2):  # a probe process can die for reasons of its own (a signal): try once more
+            process, err = None, b""
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "server.memprobe", *files, "--threads", str(self.settings.intra_op_threads),
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )
+                out, err = await asyncio.wait_for(process.communicate(), timeout=300)
+                figures = json.loads(out.decode().strip().splitlines()[-1])
+                break
+            except (OSError, ValueError, IndexError, asyncio.TimeoutError) as exc:
+                tail = err.decode(errors="replace").strip().splitlines()[-1:]
+                status = process.returncode if process is not None else None
+                log.log(logging.INFO if attempt == 1 else logging.WARNING,
+                        "memory probe failed (%s; exit status %s%s)%s", exc, status,
+                        f": {tail[0][:200]}" if tail else "",
+                        ", retrying" if attempt == 1 else "; keeping in-process estimates")
+        if figures is None:
             return
         for session in sessions.values():
             if str(session.path) in figures:
