@@ -77,7 +77,9 @@ class CompressionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateVariant(self, request, context):
-        """Start making a variant that needs no training (e.g. int8 from the teacher); returns the job at once.
+        """Start making a variant from one of the model's variants with any recipe (int8_static, int8_dynamic,
+        distilled, pruned, shared, or a chain such as distilled+int8_dynamic); returns the job at once.
+        Recipes that train need the `compression` extra where the job runs (else FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,7 +92,7 @@ class CompressionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams the job's state until it ends.
+        """Streams the job's state (stage, percent, quality so far) on every change until it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,7 +43,8 @@ def _variant_info(model: LoadedModel | None, name: str, entry: dict[str, Any]) -
 
 def _job_message(job: Job) -> Any:
     reply = cpb.Job(id=job.id, model=job.model, variant=job.variant, state=_STATES[job.state], step=job.step,
-                    message=job.message, started_unix=job.started, finished_unix=job.finished)
+                    message=job.message, started_unix=job.started, finished_unix=job.finished,
+                    recipe=job.recipe, parent=job.parent, percent=job.percent, quality=job.quality)
     if job.result is not None:
         reply.result.CopyFrom(_variant_info(None, job.variant, job.result))
     return reply

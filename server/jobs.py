@@ -37,6 +37,8 @@ class Job:
     params: dict[str, str]
     state: str = "PENDING"  # PENDING, RUNNING, SUCCEEDED, FAILED
     step: str = "queued"
+    percent: float = 0.0  # of the whole job, when the child can tell
+    quality: dict[str, float] = field(default_factory=dict)  # reached so far (e.g. after an epoch)
     message: str = ""
     result: dict[str, Any] | None = None
     started: float = field(default_factory=time.time)
@@ -48,6 +50,25 @@ class Job:
             setattr(self, key, value)
         self.changed.set()
         self.changed = asyncio.Event()
+
+
+def _progress(text: str) -> dict[str, Any]:
+    """Job fields from a child's `progress: {"step": ..., "percent": ..., "quality": {...}}` line (bad ones ignored)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    changes: dict[str, Any] = {}
+    if isinstance(data.get("step"), str):
+        changes["step"] = data["step"][:200]
+    if isinstance(data.get("percent"), (int, float)) and not isinstance(data["percent"], bool):
+        changes["percent"] = min(100.0, max(0.0, float(data["percent"])))
+    if isinstance(data.get("quality"), dict):
+        changes["quality"] = {str(k)[:64]: float(v) for k, v in data["quality"].items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return changes
 
 
 class JobManager:
@@ -125,7 +146,7 @@ class JobManager:
                     raise
                 job.update(step="loading")
                 await self.registry.load(job.model)
-                job.update(state="SUCCEEDED", step="done", result=entry, finished=time.time())
+                job.update(state="SUCCEEDED", step="done", percent=100.0, result=entry, finished=time.time())
                 log.info("job %s: %s/%s is servable", job.id, job.model, job.variant)
             except SlimserveError as exc:
                 job.update(state="FAILED", message=exc.message, finished=time.time())
@@ -137,6 +158,21 @@ class JobManager:
                 release_staging(lock)
 
     async def _make(self, job: Job, folder: Any, staging: Any) -> dict[str, Any]:
+        for attempt in (1, 2):
+            code, result, error, spoke = await self._run_child(job, folder, staging)
+            if code == 0 and result is not None:
+                return result
+            # A child killed by a signal before its first line (seen rarely: SIGSEGV within milliseconds of
+            # the spawn, before its first line, which it prints before touching any file) did nothing yet: one fresh start is safe.
+            if attempt == 1 and code < 0 and not spoke:
+                log.warning("job %s: the quantization process died at start (status %s); starting it again",
+                            job.id, code)
+                continue
+            break
+        raise InvalidInput(error or f"the quantization process exited with status {code}")
+
+    async def _run_child(self, job: Job, folder: Any, staging: Any) -> tuple[int, dict[str, Any] | None, str, bool]:
+        """Run one `server.onthefly` child; its exit status, result entry, error line and whether it printed."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server.onthefly", "--model-folder", str(folder), "--parent", job.parent,
             "--name", job.variant, "--recipe", job.recipe, "--params", json.dumps(job.params), "--out", str(staging),
@@ -146,15 +182,16 @@ class JobManager:
         assert process.stdout is not None
         result: dict[str, Any] | None = None
         error = ""
+        spoke = False
         async for raw in process.stdout:
+            spoke = True
             line = raw.decode(errors="replace").rstrip()
             if line.startswith("step: "):
                 job.update(step=line[6:])
+            elif line.startswith("progress: "):
+                job.update(**_progress(line[10:]))
             elif line.startswith("result: "):
                 result = json.loads(line[8:])
             elif line.startswith("error: "):
                 error = line[7:]
-        code = await process.wait()
-        if code != 0 or result is None:
-            raise InvalidInput(error or f"the quantization process exited with status {code}")
-        return result
+        return await process.wait(), result, error, spoke

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.server_pid:
         _exit_with(args.server_pid)
+    _step("started")  # the server's sign that this process ran (before it writes anything)
     np.seterr(all="ignore")
     try:
         entry = make_variant(args.model_folder, args.parent, args.name, args.recipe, json.loads(args.params), args.out)
