@@ -1,4 +1,5 @@
-"""Client side of slimserve: a typed gRPC client, a metrics reader, and the `infer`, `compare` and `load` commands.
+"""Client side of slimserve: a typed gRPC client, a metrics reader, and the `infer`, `compare`, `load`,
+`compress`, `job` and `routing` commands.
 
 `Client` is imported lazily: it loads `tritonclient.grpc`, whose generated `inference` protos collide with the
 server's own in one process, so `import clients.metrics` (or `clients.inputs`) must not pull it in.

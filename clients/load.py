@@ -6,12 +6,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from clients.client import Client
 from clients.errors import ClientError, ServerError, UnreachableError
-from clients.inputs import random_inputs
+from clients.inputs import Dataset, load_dataset, random_inputs
 from clients.report import fmt, percentiles
 
 __all__ = ["DEFAULT_DURATION", "DEFAULT_REQUESTS", "LoadReport", "run_load", "format_load"]
@@ -45,6 +46,26 @@ class LoadReport:
         return self.ok + sum(self.errors.values())
 
 
+class _Rows:
+    """Hands out the next `batch` rows of a dataset to each request, round and round; thread-safe."""
+
+    def __init__(self, dataset: Dataset, batch: int) -> None:
+        self._dataset = dataset
+        self._batch = min(batch, dataset.rows)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            start = self._next
+            self._next = (start + self._batch) % self._dataset.rows
+        stop = start + self._batch
+        if stop <= self._dataset.rows:
+            return self._dataset.take(start, stop)
+        head, tail = self._dataset.take(start, self._dataset.rows), self._dataset.take(0, stop - self._dataset.rows)
+        return {k: np.concatenate([head[k], tail[k]]) for k in head}
+
+
 class _Tickets:
     """Hands out at most `limit` request slots until `deadline` (None: no such bound); thread-safe."""
 
@@ -65,8 +86,8 @@ class _Tickets:
             return True
 
 
-def _worker(url: str, timeout: float, report: LoadReport, inputs: dict[str, np.ndarray], tickets: _Tickets,
-            lock: threading.Lock) -> None:
+def _worker(url: str, timeout: float, report: LoadReport, inputs: dict[str, np.ndarray] | _Rows,
+            tickets: _Tickets, lock: threading.Lock) -> None:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     first: dict[str, str] = {}
@@ -82,7 +103,8 @@ def _worker(url: str, timeout: float, report: LoadReport, inputs: dict[str, np.n
             while tickets.take():
                 began = time.perf_counter()
                 try:
-                    prediction = client.infer(report.model, inputs, variant=report.variant)
+                    feeds = inputs.take() if isinstance(inputs, _Rows) else inputs
+                    prediction = client.infer(report.model, feeds, variant=report.variant)
                 except ServerError as exc:
                     errors[exc.code] += 1
                     first.setdefault(exc.code, exc.message)
@@ -114,14 +136,16 @@ def run_load(
     requests: int | None,
     batch: int,
     timeout: float = 30.0,
+    data: Path | None = None,
 ) -> LoadReport:
     """Run the load test for `duration` seconds or `requests` requests, whichever comes first (None: not
-    bounded by it; give at least one). Each worker thread has its own gRPC channel; inputs are random,
-    shaped from the metadata."""
+    bounded by it; give at least one). Each worker thread has its own gRPC channel; inputs are one random
+    batch shaped from the metadata, or with `data` the rows of that file in turn (`batch` per request)."""
     if duration is None and requests is None:
         raise ValueError("run_load needs a duration, a request count or both")
     info = client.model(model, variant)  # NOT_FOUND now, not once per request, for an unknown variant
-    inputs = random_inputs(info, batch=batch, seed=0)
+    inputs: dict[str, np.ndarray] | _Rows = (random_inputs(info, batch=batch, seed=0) if data is None
+                                             else _Rows(load_dataset(info, data), batch))
     report = LoadReport(model, variant, concurrency, batch)
     lock = threading.Lock()
     cpu_before = time.process_time()

@@ -39,6 +39,7 @@ class VariantSpec:
     macs: int | None
     quality: dict[str, float]
     latency: dict[str, Any]
+    batch_invariant: bool | None = None  # None: an older manifest; the server reads it from the graph
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def _variant(folder: Path, name: str, v: Any, where: str) -> VariantSpec:
         macs=None if v.get("macs") is None else _number(v.get("macs"), f"{at}.macs"),
         quality={k: float(q) for k, q in quality.items() if isinstance(q, (int, float)) and not isinstance(q, bool)},
         latency=dict(latency),
+        batch_invariant=v["batch_invariant"] if isinstance(v.get("batch_invariant"), bool) else None,
     )
 
 

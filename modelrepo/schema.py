@@ -66,6 +66,8 @@ def _variant(where: str, variant: Any, task: str, primary: Any, names: set[str])
     for key in ("bytes", "parameters"):
         if type(variant[key]) is not int or variant[key] < 0:
             problems.append(f"{where}.{key}: expected a non-negative integer")
+    if "batch_invariant" in variant and not isinstance(variant["batch_invariant"], bool):
+        problems.append(f"{where}.batch_invariant: expected true or false")
     if task in TASK_QUALITY:
         wanted = TASK_QUALITY[task]
         if task == "classification" and primary != "accuracy":
@@ -108,7 +110,9 @@ def validate(manifest: Any) -> list[str]:
     tokenizer = manifest.get("tokenizer")
     if tokenizer is not None:
         problems += _missing("tokenizer", tokenizer, {"file", "max_length", "text_input"})
+    # No held-out data (a model imported as found, modelrepo.triton_layout): no quality to require.
+    measured = task if isinstance(manifest["data"], dict) and manifest["data"].get("heldout_file") else None
     for name, variant in variants.items():
-        problems += _variant(f"variants.{name}", variant, task, manifest["primary_metric"],
+        problems += _variant(f"variants.{name}", variant, measured, manifest["primary_metric"],
                              set(variants))
     return problems

@@ -12,6 +12,7 @@ from protos import compression_pb2 as cpb
 from protos import compression_pb2_grpc as cpb_grpc
 from server.errors import SlimserveError
 from server.jobs import Job, JobManager
+from server.livereport import arm_stats, live_quality, routing_changes
 from server.manifest_io import update_manifest
 from server.registry import LoadedModel, Registry
 from server.router import Router, RoutingPolicy, parse_policy
@@ -34,10 +35,12 @@ def _variant_info(model: LoadedModel | None, name: str, entry: dict[str, Any]) -
         parameters=int(entry.get("parameters", 0)),
         macs=int(entry.get("macs") or 0),
         quality={k: float(v) for k, v in (entry.get("quality") or {}).items() if isinstance(v, (int, float))},
-        p50_ms_batch1=float(((entry.get("latency") or {}).get("batch_1") or {}).get("p50_ms", 0.0)),
+        p50_ms_batch1=float(((entry.get("latency") or {}).get("batch_1") or {}).get("p50_ms") or 0.0),
         loaded=loaded is not None,
         memory_bytes=loaded.session.stats.memory_bytes if loaded else 0,
         recipe_json=json.dumps(entry.get("recipe") or {}),
+        live=live_quality(model.router, name) if model else None,
+        batch_invariant=loaded.session.batch_invariant if loaded else entry.get("batch_invariant") is True,
     )
 
 
@@ -55,6 +58,8 @@ def _routing_message(model: str, policy: RoutingPolicy, router: Router) -> Any:
         model=model, policy=policy.policy, variant=policy.variant or "", weights=dict(policy.weights),
         sticky_parameter=policy.sticky_parameter or "", max_drop=policy.max_drop,
         shadow_fraction=policy.shadow_fraction, chosen=router.choose("", {}) if policy.policy != "split" else "",
+        min_samples=policy.min_samples, demoted=router.live.demoted() if policy.policy == "auto" else [],
+        changes=routing_changes(router), arms=arm_stats(router),
     )
 
 
@@ -73,7 +78,8 @@ class CompressionServicer(cpb_grpc.CompressionServiceServicer):
 
     @grpc_errors
     async def CreateVariant(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        job = self.jobs.create(request.model, request.name, request.recipe, request.parent, dict(request.params))
+        job = self.jobs.create(request.model, request.name, request.recipe, request.parent, dict(request.params),
+                               request.data, request.runner)
         return _job_message(job)
 
     @grpc_errors
@@ -116,8 +122,10 @@ class CompressionServicer(cpb_grpc.CompressionServiceServicer):
             routing["max_drop"] = r.max_drop
         if r.shadow_fraction:
             routing["shadow"] = {"fraction": r.shadow_fraction}
+        if r.min_samples:
+            routing["min_samples"] = r.min_samples
         policy = parse_policy(routing, model.spec)  # validate before anything changes
-        router = Router(model.spec, policy, unavailable=model.unavailable)
+        router = Router(model.spec, policy, unavailable=model.unavailable, live=model.router.live)
         update_manifest(model.spec.folder, lambda m: m.__setitem__("routing", routing))
         model.router = router
         return _routing_message(model.spec.name, policy, router)

@@ -2,15 +2,19 @@
 
 Runners take the oldest queued request and merge whatever else is already waiting with the same
 inputs and row shape, up to `max_batch_size` rows, into one ONNX Runtime run; nothing waits for a
-batch to fill unless `max_queue_delay_us` is set, so an idle server adds no delay. Results are split
+batch to fill unless `max_queue_delay_us` is set, so an idle server adds no delay; a waiting batch
+starts as soon as `max_batch_size` rows are queued (as in Triton). Results are split
 back by rows. The queue is bounded (RESOURCE_EXHAUSTED past it); a request whose deadline has passed
-or whose caller went away is dropped before it costs any compute.
+or whose caller went away is dropped before it costs any compute. A variant that is not batch-invariant
+(`merge_requests=False`: its answers would depend on batch-mates) runs each request alone, with its own
+rows. After a batch, `idle_seconds` without work run the `on_idle` hook once on a worker (memory settling).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -23,6 +27,8 @@ from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 __all__ = ["Batcher", "BatchTiming", "RunFn"]
 
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,11 +87,17 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         pad_values: dict[str, int] | None = None,
         inline_below_us: int = 0,
+        merge_requests: bool = True,
+        on_idle: Callable[[], None] | None = None,
+        idle_seconds: float = 1.0,
     ) -> None:
         """`pad_values`: inputs whose axis 1 may be right-padded with that value so that requests of
         different sequence lengths share a run (token ids and attention masks of mean-pooled encoders).
         `inline_below_us`: while this variant's runs take less than that (recent average), a request
-        that finds the server idle runs on the event loop itself instead of hopping to a worker thread."""
+        that finds the server idle runs on the event loop itself instead of hopping to a worker thread.
+        `merge_requests`: rows of different requests may share a run (the variant is batch-invariant).
+        `on_idle`: blocking hook run on the executor once the variant has had no work for `idle_seconds`
+        after a run of several rows (0 = never)."""
         self._run = run
         self._pad_values = dict(pad_values or {})
         self._padded = frozenset(self._pad_values)
@@ -95,7 +107,13 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self.max_queue_delay = max_queue_delay_us / 1e6
         self.batching = batching
+        self.merge_requests = merge_requests
         self._on_batch = on_batch
+        self._on_idle = on_idle
+        self.idle_seconds = idle_seconds
+        self._last_run = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._batch_full: asyncio.Event | None = None  # set while a run waits out the queue delay
         self._queue: collections.deque[_Pending] = collections.deque()
         self._busy = 0
         self._tasks: set[asyncio.Task] = set()
@@ -110,6 +128,9 @@ class Batcher:
     async def close(self) -> None:
         """Stop taking work and let what is queued or running finish."""
         self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         while self._queue or self._busy:
             await asyncio.sleep(0.005)
 
@@ -172,6 +193,8 @@ class Batcher:
             )
         pending = _Pending(inputs, rows, _merge_key(inputs, self._padded), deadline, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
+        if self._batch_full is not None and self._queued_rows() >= self.max_batch_size:
+            self._batch_full.set()  # the waiting batch is full: waiting longer cannot add to it
         self._dispatch()
         try:
             return await pending.future
@@ -183,6 +206,9 @@ class Batcher:
                 except ValueError:
                     pass  # already taken for a run
             raise
+
+    def _queued_rows(self) -> int:
+        return sum(p.rows for p in self._queue)
 
     def _dispatch(self) -> None:
         """Start a run for queued work while there are free slots."""
@@ -198,6 +224,34 @@ class Batcher:
         self.recent_compute = seconds if last is None else 0.8 * last + 0.2 * seconds
         if self._on_batch is not None:
             self._on_batch(rows, seconds)
+        if self._on_idle is not None and self.idle_seconds > 0:
+            # One timer at a time, re-armed when it fires: a run costs a clock read, not a timer.
+            self._last_run = time.monotonic()
+            # Only runs of several rows grow the arena much past what one request keeps; settling after
+            # lone requests would make the next one re-grow it (MiniLM fp32 1 x 128 tokens: ~3 ms).
+            if self._idle_timer is None and rows > 1:
+                self._idle_timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Timer: once nothing has run, queued or been running for `idle_seconds`, run `on_idle`."""
+        self._idle_timer = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_run + self.idle_seconds - time.monotonic()
+        if wait > 0 or self._busy or self._queue:
+            self._idle_timer = loop.call_later(max(wait, self.idle_seconds / 4), self._idle_check)
+            return
+        task = loop.create_task(self._settle())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self) -> None:
+        assert self._on_idle is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._on_idle)
+        except Exception as exc:  # settling is housekeeping: a failure must not reach any request
+            log.warning("idle hook failed: %s", exc)
 
     def _take_group(self) -> list[_Pending]:
         """Pop the oldest live request and every queued request that can share its run."""
@@ -214,7 +268,7 @@ class Batcher:
         if first is None:
             return []
         group, rows = [first], first.rows
-        if self.batching and rows < self.max_batch_size:
+        if self.batching and self.merge_requests and rows < self.max_batch_size:
             keep: collections.deque[_Pending] = collections.deque()
             while self._queue:
                 item = self._queue.popleft()
@@ -261,9 +315,19 @@ class Batcher:
 
     async def _run_queued(self) -> None:
         try:
-            if self.max_queue_delay and self.batching and len(self._queue) == 1:
-                # Configured delay: give concurrent requests a moment to join the batch.
-                await asyncio.sleep(self.max_queue_delay)
+            if (self.max_queue_delay and self.batching and self.merge_requests
+                    and self._queued_rows() < self.max_batch_size):
+                # Configured delay: give concurrent requests a moment to join the batch, until it is full.
+                # Runs waiting at once share one event: a full queue releases them all.
+                event = self._batch_full or asyncio.Event()
+                self._batch_full = event
+                try:
+                    await asyncio.wait_for(event.wait(), self.max_queue_delay)
+                except asyncio.TimeoutError:
+                    pass
+                finally:
+                    if self._batch_full is event:
+                        self._batch_full = None
             group = self._take_group()
             if group:
                 await self._run_group(group)

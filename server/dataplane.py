@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -13,9 +14,11 @@ from server.errors import InvalidInput, SlimserveError
 from server.messages import InferenceRequest, InferenceResponse, Output
 from server.registry import LoadedModel, LoadedVariant, Registry
 from server.repository import ModelSpec
-from server.shadow import agreement
+from server.shadow import agreement_rows
 
 __all__ = ["DataPlane"]
+
+log = logging.getLogger(__name__)
 
 DEADLINE_SLACK_SECONDS = 0.05
 
@@ -89,20 +92,43 @@ class DataPlane:
             raise
         elapsed = time.perf_counter() - started
         self._record_success(variant, elapsed, timing.queue_seconds, timing.compute_seconds, feeds)
+        model.router.live.observe_latency(variant_name, elapsed)
         names = variant.session.output_names
         by_name = dict(zip(names, arrays))
-        if model.router.wants_shadow(variant_name):
-            self.registry.shadow.spawn(self._shadow(model, variant_name, feeds, arrays[0]))
+        plan = model.router.shadow_plan(variant_name)
+        if plan:
+            self.registry.shadow.spawn(self._shadow(model, variant_name, plan, feeds, arrays[0]))
         outputs = [Output(name, self._datatype(model, name), by_name[name]) for name in wanted]
         return InferenceResponse(model=model.spec.name, variant=variant_name, outputs=outputs, id=request.id)
 
-    async def _shadow(self, model: LoadedModel, variant: str, feeds: dict[str, np.ndarray], output: np.ndarray) -> None:
-        """Run the same input on the teacher once the reply is on its way, and record agreement."""
+    async def _shadow(
+        self, model: LoadedModel, variant: str, plan: tuple[str, ...], feeds: dict[str, np.ndarray], output: np.ndarray
+    ) -> None:
+        """Once the reply is on its way: run the teacher (unless it answered) and each planned variant on the
+        same input, record their agreement, and let `auto` re-pick if a standing changed."""
         await asyncio.sleep(0)  # let the handler return and the reply be written first
-        teacher = model.variant("teacher")
-        arrays, _ = await teacher.batcher.submit(feeds)
-        total, rows = agreement(model.spec.task, output, arrays[0])
-        self.registry.shadow.record(model.spec.name, variant, total, rows)
+        live, task = model.router.live, model.spec.task
+        changed = False
+        try:
+            if variant == "teacher":
+                teacher_out = output
+            else:
+                teacher_out = (await model.variant("teacher").batcher.submit(feeds))[0][0]
+            for name in plan:
+                out = output if name == variant else (await model.variant(name).batcher.submit(feeds))[0][0]
+                changed = live.record(name, agreement_rows(task, out, teacher_out).tolist()) or changed
+        finally:
+            if changed:
+                self._refresh(model.spec.name)
+
+    def _refresh(self, name: str) -> None:
+        """A standing changed: the model's current router (it may have been rebuilt meanwhile) re-picks."""
+        current = self.registry.models.get(name)
+        change = current.router.refresh() if current is not None else None
+        if change is not None:
+            log.warning("routing %s: auto now sends traffic to %s instead of %s (%s)", name, change.to_variant,
+                        change.from_variant, change.reason)
+            self.registry.metrics.routing_changes.labels(name, change.from_variant, change.to_variant).inc()
 
     def _tokenize(self, model: LoadedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert model.text is not None

@@ -9,7 +9,8 @@ Hierarchy:
     ├── ResourceExhausted     RESOURCE_EXHAUSTED: a queue or limit is full; retry later
     ├── DeadlineExceeded      DEADLINE_EXCEEDED: the caller's deadline passed before the work ran
     ├── PermissionDenied      PERMISSION_DENIED / UNAUTHENTICATED
-    └── RepositoryError       FAILED_PRECONDITION: the repository on disk is unusable (bad manifest, sha256)
+    ├── RepositoryError       FAILED_PRECONDITION: the repository on disk is unusable (bad manifest, sha256)
+    └── FailedPrecondition    FAILED_PRECONDITION: this server cannot do that here (e.g. an extra is not installed)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "PermissionDenied",
     "Unauthenticated",
     "RepositoryError",
+    "FailedPrecondition",
 ]
 
 
@@ -76,5 +78,10 @@ class Unauthenticated(SlimserveError):
 
 
 class RepositoryError(SlimserveError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    public = True
+
+
+class FailedPrecondition(SlimserveError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     public = True

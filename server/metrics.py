@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from server.shadow import LiveRow
 
 __all__ = ["Metrics", "VariantMetrics", "VariantFacts"]
 
@@ -61,7 +63,7 @@ class _VariantCollector(Collector):
     def __init__(
         self,
         facts: Callable[[], Iterable[VariantFacts]],
-        shadow: Callable[[], Iterable[tuple[str, str, float]]],
+        shadow: Callable[[], Iterable[LiveRow]],
         unavailable: dict[str, dict[str, str]],
     ) -> None:
         self._facts = facts
@@ -104,14 +106,33 @@ class _VariantCollector(Collector):
             params.add_metric([f.model, f.variant], f.parameters)
             for metric, value in sorted(f.quality.items()):
                 quality.add_metric([f.model, f.variant, metric], value)
-        shadow = GaugeMetricFamily(
+        return [available, depth, running, memory, file_bytes, params, quality, *self._live(labels)]
+
+    def _live(self, labels: list[str]) -> list[Metric]:
+        window = "over the last 2 x routing.min_samples compared rows"
+        mean = GaugeMetricFamily(
             "slimserve_shadow_agreement",
-            "Agreement of the variant with the teacher on mirrored live traffic (running mean)",
+            f"Agreement of the variant with the teacher on mirrored live traffic (top-1 match rate; mean cosine "
+            f"for embeddings), {window}",
             labels=labels,
         )
-        for model, variant, value in self._shadow():
-            shadow.add_metric([model, variant], value)
-        return [available, depth, running, memory, file_bytes, params, quality, shadow]
+        lower = GaugeMetricFamily("slimserve_shadow_agreement_lower",
+                                  f"Lower bound of the 95% interval of slimserve_shadow_agreement, {window}", labels=labels)
+        upper = GaugeMetricFamily("slimserve_shadow_agreement_upper",
+                                  f"Upper bound of the 95% interval of slimserve_shadow_agreement, {window}", labels=labels)
+        compared = CounterMetricFamily("slimserve_shadow_compared", "Rows compared with the teacher", labels=labels)
+        agreeing = CounterMetricFamily(
+            "slimserve_shadow_agreeing", "Rows agreeing with the teacher's top-1 (embeddings: sum of cosines)",
+            labels=labels,
+        )
+        for row in self._shadow():
+            key = [row.model, row.variant]
+            mean.add_metric(key, row.window.mean)
+            lower.add_metric(key, row.window.lower)
+            upper.add_metric(key, row.window.upper)
+            compared.add_metric(key, row.compared_total)
+            agreeing.add_metric(key, row.agreeing_total)
+        return [mean, lower, upper, compared, agreeing]
 
 
 class Metrics:
@@ -143,6 +164,11 @@ class Metrics:
             "slimserve_requests", "Inference requests by outcome (gRPC status code name)",
             ["model", "variant", "code"], registry=self.registry,
         )
+        # Labelled by both ends of the change: at most variants² series per model.
+        self.routing_changes = Counter(
+            "slimserve_routing_changes", "Changes of the variant `auto` routing sends traffic to, on live quality",
+            ["model", "from_variant", "to_variant"], registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         self._children: dict[tuple[str, str], VariantMetrics] = {}
         self._unavailable: dict[str, dict[str, str]] = {}  # model -> {variant: reason}
@@ -168,6 +194,6 @@ class Metrics:
     def add_gauges(
         self,
         facts: Callable[[], Iterable[VariantFacts]],
-        shadow: Callable[[], Iterable[tuple[str, str, float]]] = lambda: (),
+        shadow: Callable[[], Iterable[LiveRow]] = lambda: (),
     ) -> None:
         self.registry.register(_VariantCollector(facts, shadow, self._unavailable))

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,40 +24,17 @@ from modelrepo.arrays import read_feeds
 from modelrepo.entry import variant_entry
 from modelrepo.files import read_manifest
 from modelrepo.host import cpu_flags, cpu_model
-from modelrepo.int8 import QuantizeOptions, budget_for, resolved_reduce_range, search
+from modelrepo.int8 import budget_for, resolved_reduce_range, search
 from modelrepo.latency import cases, default_runs, measure_latency
 from modelrepo.measure import count, quality, run, take
+from modelrepo.onthefly import RECIPES, exit_with_parent, quantize_options
 from modelrepo.session import open_session
 
 __all__ = ["RECIPES", "main", "make_variant"]
 
-RECIPES = ("int8_static", "int8_dynamic")
-TRUE = ("1", "true", "yes")
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
 
 def _step(message: str) -> None:
     print(f"step: {message}", flush=True)
-
-
-def _options(recipe: str, params: dict[str, str], token_model: bool) -> QuantizeOptions:
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe {recipe!r}: use one of {', '.join(RECIPES)}")
-    per_channel = params.get("per_channel", "true").lower() in TRUE
-    if recipe == "int8_dynamic":
-        # Transformers: weights of the MatMuls and the embedding table (the build's MiniLM recipe).
-        extra: dict[str, Any] = ({"op_types": ("MatMul", "Gather"), "matmul_const_b_only": True,
-                                  "preprocess": False} if token_model else {})
-        return QuantizeOptions(mode="dynamic", per_channel=per_channel, **extra)
-    method = params.get("method", "minmax").lower()
-    if method not in ("minmax", "entropy", "percentile"):
-        raise ValueError(f"method={method!r}: use minmax, entropy or percentile")
-    try:
-        samples = int(params.get("calibration_samples", "256"))
-    except ValueError:
-        raise ValueError("calibration_samples: expected an integer") from None
-    return QuantizeOptions(mode="static", per_channel=per_channel, calibration_method=method,
-                           calibration_samples=samples)
 
 
 def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict[str, str], out: Path) -> dict[str, Any]:
@@ -74,7 +49,7 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
     input_names = [t["name"] for t in manifest["inputs"]]
     heldout, labels = read_feeds(folder / data.get("heldout_file", "heldout.npz"), input_names)
     token_model = "tokenizer" in manifest
-    options = _options(recipe, params, token_model)
+    options = quantize_options(recipe, params, token_model)
     calibration = None
     if options.mode == "static":
         calibration_file = folder / data.get("calibration_file", "calibration.npz")
@@ -116,20 +91,6 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
     return entry
 
 
-def _exit_with(server_pid: int) -> None:
-    """Be killed when the server that started this job dies (Linux): an orphan would quantize for
-    nobody, into a staging folder the next server start removes."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != server_pid:  # it died before the request above took effect
-        raise SystemExit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.onthefly", description=__doc__)
     parser.add_argument("--model-folder", type=Path, required=True)
@@ -141,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-pid", type=int, default=0, help="exit when this parent process dies")
     args = parser.parse_args(argv)
     if args.server_pid:
-        _exit_with(args.server_pid)
+        exit_with_parent(args.server_pid)
     _step("started")  # the server's sign that this process ran (before it writes anything)
     np.seterr(all="ignore")
     try:

@@ -139,7 +139,10 @@ class Registry:
         if self.settings.verify_sha256:
             Repository.verify(variant, model.name)
         self.repository.check_external_data(variant)
-        return Session(variant.path, self.settings.intra_op_threads, self.settings.max_tokens_per_run)
+        session = Session(variant.path, self.settings.intra_op_threads, self.settings.max_tokens_per_run,
+                          batch_invariant=variant.batch_invariant)
+        _ = session.batch_invariant  # an older manifest without the key: read the graph here, off the event loop
+        return session
 
     def _check_name(self, name: str) -> None:
         """Refuse names that cannot be a model folder before anything is recorded under them."""
@@ -180,7 +183,8 @@ class Registry:
 
     async def _load_locked(self, name: str, old: LoadedModel | None) -> tuple[LoadedModel, list[LoadedVariant]]:
         loop = asyncio.get_running_loop()
-        spec = self.repository.load_spec(name)
+        # In a thread: a Triton-layout folder is derived (hashed, timed) the first time, off the event loop.
+        spec = await loop.run_in_executor(None, self.repository.load_spec, name)
         if spec.name != name:
             # The folder is the model's identity (as in Triton): two folders can never share a name.
             log.warning("model folder %s: manifest name %r ignored; the model is served as %r", name, spec.name, name)
@@ -217,7 +221,7 @@ class Registry:
         except SlimserveError as exc:
             log.error("model %s: manifest routing refused (%s); routing to %r", name, exc.message, spec.default_variant)
             policy = parse_policy({"policy": "fixed"}, spec)
-        router = Router(spec, policy, unavailable=unavailable)
+        router = Router(spec, policy, unavailable=unavailable, live=self.shadow.model(name))
         await self._measure_memory(sessions)
         variants: dict[str, LoadedVariant] = {}
         for vname, vspec in spec.variants.items():
@@ -284,7 +288,7 @@ class Registry:
                 if model is not None:
                     # Unavailable variants (or kept older versions) are missing here, so a fix reloads. A new
                     # routing (SetRouting on another server sharing the repository) reloads too, reusing every session.
-                    on_disk = self.repository.load_spec(name)
+                    on_disk = await asyncio.get_running_loop().run_in_executor(None, self.repository.load_spec, name)
                     if (self.signature(on_disk.variants.values()) == self.signature(v.spec for v in model.variants.values())
                             and on_disk.routing == model.spec.routing):
                         self._seen[name] = key
@@ -337,6 +341,10 @@ class Registry:
             on_batch=on_batch,
             pad_values=pad_values,
             inline_below_us=self.settings.inline_compute_us,
+            # Rows of different requests share a run only where that cannot change anyone's answer.
+            merge_requests=session.batch_invariant,
+            on_idle=session.settle,
+            idle_seconds=self.settings.idle_settle_seconds,
         )
         batcher.start()
         return LoadedVariant(vspec, session, batcher, metrics, stats)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from modelrepo import ManifestError
-from modelrepo.files import MANIFEST, confined, read_manifest, sha256_file
+from modelrepo.files import MANIFEST, confined, read_manifest, sha256_file, write_manifest
 from modelrepo.records import ModelSpec, TensorSpec, VariantSpec, parse_model
+from modelrepo.triton_layout import LAYOUT, derive_manifest, is_layout_model
 from server.errors import NotFound, RepositoryError
+from server.manifest_io import update_manifest
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TensorSpec", "VariantSpec", "ModelSpec", "Repository", "is_model_name"]
 
@@ -19,9 +25,14 @@ class Repository:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        # Triton-layout models: model -> (disk_key, spec), so an unchanged folder is not derived again
+        # (a read-only repository has no manifest to remember it by).
+        self._derived: dict[str, tuple[tuple, ModelSpec]] = {}
+        self._derive_lock = threading.Lock()
 
     def model_names(self) -> list[str]:
-        """Models are the sub-folders that hold a manifest; staging folders (dot-names) are skipped."""
+        """Models are the sub-folders that hold a manifest or Triton-layout ONNX files (`model.onnx`, bare or in
+        numeric version folders); staging folders (dot-names) are skipped."""
         if not self.root.is_dir():
             raise RepositoryError(
                 f"model repository {self.root} does not exist; build one with `python -m compression.build`"
@@ -29,7 +40,7 @@ class Repository:
         return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and _has_manifest(p))
 
     def has_model(self, name: str) -> bool:
-        """Is `name` a model folder (a sub-folder with a manifest)? Never raises for odd names."""
+        """Is `name` a model folder (a manifest or Triton-layout ONNX files)? Never raises for odd names."""
         return is_model_name(name) and _has_manifest(self.root / name)
 
     def disk_key(self, name: str) -> tuple:
@@ -61,18 +72,64 @@ class Repository:
             raise RepositoryError(str(exc)) from None
 
     def load_spec(self, name: str) -> ModelSpec:
-        """Parse and validate `<root>/<name>/manifest.json`."""
+        """Parse and validate `<root>/<name>/manifest.json`; a Triton-layout folder (no manifest, or one it
+        derived before) is derived from its ONNX files and config.pbtxt (`modelrepo.triton_layout`)."""
         if not is_model_name(name):
             raise RepositoryError(f"invalid model name {name!r:.100}")
         folder = self.confined(self.root, name, f"model {name!r}")
-        if not (folder / MANIFEST).is_file():
-            if not folder.is_dir():
-                raise NotFound(f"no model {name!r} in the repository {self.root}")
-            raise RepositoryError(f"model {name!r}: no {MANIFEST} in {folder}")
         try:
-            return parse_model(folder, read_manifest(folder), str(folder / MANIFEST))
+            if not (folder / MANIFEST).is_file():
+                if not folder.is_dir():
+                    raise NotFound(f"no model {name!r} in the repository {self.root}")
+                if not is_layout_model(folder):
+                    raise RepositoryError(f"model {name!r}: no {MANIFEST} in {folder}")
+                return self._layout_spec(name, folder, None)
+            manifest = read_manifest(folder)
+            if manifest.get("layout") == LAYOUT:
+                return self._layout_spec(name, folder, manifest)
+            return parse_model(folder, manifest, str(folder / MANIFEST))
         except ManifestError as exc:
             raise RepositoryError(f"model {name!r}: {exc}") from None
+
+    def _layout_spec(self, name: str, folder: Path, previous: dict[str, Any] | None) -> ModelSpec:
+        """Derive the manifest of a Triton-layout folder, write it beside the files when the folder is
+        writable (atomically, under the manifest lock), else keep it in memory; the folder is the truth,
+        so a new version, a changed file or config.pbtxt is followed on the next load or poll."""
+        key = self.disk_key(name)
+        with self._derive_lock:  # one derive per folder at a time: loads and the poll may ask together
+            cached = self._derived.get(name)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            manifest = derive_manifest(folder, previous)
+            if manifest != previous:
+                manifest = self._write_layout_manifest(folder, manifest, previous)
+            spec = parse_model(folder, manifest, f"{name}/{MANIFEST} (derived from the Triton layout)")
+            self._derived[name] = (self.disk_key(name), spec)
+            return spec
+
+    @staticmethod
+    def _write_layout_manifest(folder: Path, manifest: dict[str, Any], previous: dict[str, Any] | None) -> dict:
+        """Write the derived manifest; a read-only repository keeps it in memory. Under the manifest lock a
+        manifest changed since it was read (a job's new variant) is derived again on top of that change."""
+        try:
+            if previous is None and not (folder / MANIFEST).exists():
+                write_manifest(folder, manifest)
+                log.info("model %s: served from its Triton layout; wrote %s", folder.name, folder / MANIFEST)
+                return manifest
+            written: dict[str, Any] = {}
+
+            def change(on_disk: dict[str, Any]) -> None:
+                new = manifest if on_disk == previous else derive_manifest(folder, on_disk)
+                on_disk.clear()
+                on_disk.update(new)
+                written.update(new)
+
+            update_manifest(folder, change)
+            return written
+        except OSError as exc:  # a read-only repository (or volume): serve it as it is
+            log.info("model %s: served from its Triton layout; manifest kept in memory (%s: %s)", folder.name,
+                     type(exc).__name__, exc.strerror or exc)
+            return manifest
 
     @staticmethod
     def verify(variant: VariantSpec, model: str) -> None:
@@ -116,9 +173,10 @@ def is_model_name(name: str) -> bool:
 
 
 def _has_manifest(folder: Path) -> bool:
-    """A model folder? An entry we may not read (a volume's root-only `lost+found`) is not one."""
+    """A model folder (a manifest, or Triton-layout ONNX files)? An entry we may not read (a volume's
+    root-only `lost+found`) is not one."""
     try:
-        return (folder / MANIFEST).is_file()
+        return (folder / MANIFEST).is_file() or is_layout_model(folder)
     except (OSError, ValueError):  # ValueError: a NUL byte in the name
         return False
 

@@ -64,6 +64,11 @@ class Settings:
     max_queue_size: int = field(
         default=256, metadata={"help": "requests waiting per variant before RESOURCE_EXHAUSTED is returned"}
     )
+    idle_settle_seconds: float = field(
+        default=1.0,
+        metadata={"help": "after this many idle seconds a variant frees the buffers its largest batches left "
+                          "in ONNX Runtime's arena and the heap returns them to the OS (0 = never)"},
+    )
     max_elements: int = field(
         default=16 * 1024 * 1024, metadata={"help": "largest element count of one input tensor"}
     )
@@ -84,6 +89,11 @@ class Settings:
         metadata={"help": "bearer token required on repository and compression calls (unset: the --auth-token "
                           "guards them too)"},
     )
+    job_data_dir: Path | None = field(
+        default=None,
+        metadata={"help": "CompressionService jobs may read training data (CreateVariantRequest.data) only from "
+                          "under this folder (unset: only the model folder's own files)"},
+    )
     poll_seconds: float = field(
         default=0.0, metadata={"help": "re-read the repository this often and swap in changed models (0 = off)"}
     )
@@ -96,6 +106,11 @@ class Settings:
         metadata={"help": "uvloop (faster hand-off to the ONNX Runtime threads) or asyncio"},
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    kubernetes_job_template: Path | None = field(
+        default=None,
+        metadata={"help": "Job template (JSON; the slimserve-job-template ConfigMap of deploy/) for CreateVariant "
+                          "runner 'kubernetes' (unset: that runner is refused)"},
+    )
 
 
 def _convert(raw: str, kind: Any, name: str) -> Any:
@@ -169,10 +184,12 @@ def _validate(s: Settings) -> None:
         raise SettingsError("--tls-cert and --tls-key go together; give both or neither")
     if s.tls_client_ca is not None and s.tls_cert is None:
         raise SettingsError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "kubernetes_job_template"):
         path = getattr(s, name)
         if path is not None and not Path(path).is_file():
             raise SettingsError(f"--{name.replace('_', '-')} {path}: no such file")
+    if s.idle_settle_seconds < 0:
+        raise SettingsError("--idle-settle-seconds must be 0 (never) or more")
     if s.max_queue_delay_us < 0 or s.poll_seconds < 0:
         raise SettingsError("--max-queue-delay-us and --poll-seconds must be 0 or more")
     if s.event_loop not in ("uvloop", "asyncio"):

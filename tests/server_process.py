@@ -49,10 +49,11 @@ class ServerProcess:
 
 
 def start_server(repository: Path, *extra: str, timeout: float = 60.0, env: dict | None = None,
-                 host: str | None = "127.0.0.1") -> ServerProcess:
+                 host: str | None = "127.0.0.1", prefix: tuple[str, ...] = ()) -> ServerProcess:
     """Launch the server and wait for its 'gRPC on …' line; raises with its output if it does not come up.
-    `host` None leaves the address to the server's default (or SLIMSERVE_HOST)."""
-    cmd = [sys.executable, "-m", "server", "--model-repository", str(repository),
+    `host` None leaves the address to the server's default (or SLIMSERVE_HOST); `prefix` runs it under
+    another command (e.g. setpriv, to serve as an unprivileged user)."""
+    cmd = [*prefix, sys.executable, "-m", "server", "--model-repository", str(repository),
            *(["--host", host] if host is not None else []), "--grpc-port", "0", "--metrics-port", "0", *extra]
     process = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
