@@ -7,10 +7,11 @@ Run with the KServe venv's python (benchmarks/peer_kserve.py creates it), never 
         --grpc_port 8081 --http_port 8080 --intra-op-threads 1
 
 One `kserve.Model` per ONNX file, named as given; inputs are fed to the session by name as the request
-carries them, every graph output is returned as raw (binary) contents. The sessions use slimserve's
-recipe (modelrepo/session.py), copied here because this file must not import slimserve: the given intra-op
-threads, one inter-op thread, sequential, every graph optimization, intra-op spinning off, denormals as
-zero, SkipLayerNormFusion disabled.
+carries them, every graph output is returned as raw (binary) contents. The sessions are opened with
+slimserve's own recipe, `modelrepo.session.open_session` (it needs only onnxruntime, which this venv has;
+imported from this checkout, so both sides cannot drift apart): the given intra-op threads, one inter-op
+thread, sequential, every graph optimization, intra-op spinning off, denormals as zero,
+SkipLayerNormFusion disabled.
 
 `--predict-mode sync` (default) is how KServe's own servers (sklearnserver, xgbserver) predict: a plain method,
 which KServe calls on its event loop, so one ONNX Runtime run at a time. `--predict-mode thread` makes predict a
@@ -38,19 +39,8 @@ import numpy as np
 import onnxruntime as ort
 import uvicorn
 
-DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)  # as slimserve's modelrepo/session.py
-
-
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    return options
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from modelrepo.session import DISABLED_OPTIMIZERS, open_session  # noqa: E402  (the checkout, not installed)
 
 
 def ort_settings(intra_op_threads: int) -> str:
@@ -114,9 +104,7 @@ def main() -> int:
             self.output_names: list[str] = []
 
         def load(self) -> bool:
-            self.session = ort.InferenceSession(self.path, sess_options=session_options(args.intra_op_threads),
-                                                providers=["CPUExecutionProvider"],
-                                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+            self.session = open_session(self.path, args.intra_op_threads)
             self.output_names = [o.name for o in self.session.get_outputs()]
             self.ready = True
             return True
