@@ -11,7 +11,6 @@ against the teacher with ONNX Runtime, `modelrepo.latency`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -25,14 +24,23 @@ import numpy as np
 from compression.errors import UsageError
 from modelrepo.arrays import read_feeds
 from modelrepo.entry import variant_entry
-from modelrepo.files import read_manifest
-from modelrepo.host import cpu_model, host_record
-from modelrepo.latency import cases, default_runs, measure_latency
-from modelrepo.measure import count, quality, run, take
+from modelrepo.host import host_record
+from modelrepo.measure import count, take
 from modelrepo.onnxinfo import onnx_parameters
-from modelrepo.onthefly import PARAMS, RECIPES, TRAINING, exit_with_parent, param_values, parse_recipe, quantize_options
+from modelrepo.onthefly import (
+    PARAMS,
+    RECIPES,
+    TRAINING,
+    child_parser,
+    measure_result,
+    param_values,
+    parse_recipe,
+    quantize_options,
+    read_job_folder,
+    run_child,
+)
+from modelrepo.onthefly import step as _step
 from modelrepo.records import TensorSpec
-from modelrepo.session import open_session
 
 __all__ = ["EXTRA", "main", "make_variant"]
 
@@ -40,10 +48,6 @@ EXTRA = "pip install -e '.[compression]'"
 TRAIN_SHARE = 90.0  # percent of the job given to training epochs when the recipe trains
 KINDS = {"int8_static": "int8", "int8_dynamic": "int8"}  # a step's manifest kind, where it differs from its name
 SEED = 0  # data splits, as the build's default
-
-
-def _step(message: str) -> None:
-    print(f"step: {message}", flush=True)
 
 
 def _progress(step: str, percent: float, quality: dict[str, float] | None = None) -> None:
@@ -216,21 +220,14 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
     from compression.onnx_module import from_onnx
     from compression.variants import BuildContext, Made
 
-    manifest = read_manifest(folder)
-    variants = manifest["variants"]
-    if parent not in variants:
-        raise UsageError(f"parent {parent!r} is not a variant; choose from {sorted(variants)}")
-    task = manifest.get("task", "classification")
-    record = manifest.get("data") or {}
-    input_names = [t["name"] for t in manifest["inputs"]]
-    heldout, labels = read_feeds(folder / record.get("heldout_file", "heldout.npz"), input_names)
-    token_model = "tokenizer" in manifest
-    options = _options(steps, params, token_model)
-    splits, calibration = _data(folder, manifest, data, input_names, heldout, labels,
+    job = read_job_folder(folder, parent)
+    manifest, variants, task, heldout, labels = job.manifest, job.variants, job.task, job.heldout, job.labels
+    options = _options(steps, params, job.token_model)
+    splits, calibration = _data(folder, manifest, data, job.input_names, heldout, labels,
                                 options.quantize.calibration_samples)
     metric = ("accuracy" if splits.labelled else "agreement") if task == "classification" else "cosine_mean"
     progress = _job_progress(_planned_epochs(steps, options, splits.labelled, task), metric)
-    source = folder / variants[parent]["file"]
+    source = job.source
     module = None
     if any(s in TRAINING for s in steps):
         _step(f"reading {parent} as a torch module")
@@ -248,15 +245,11 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
     made = _run_chain(ctx, steps, parent, name, out, int8_check)
     target = out / "model.onnx"
 
-    _step("evaluating on the held-out set")
-    _progress("evaluating on the held-out set", 96.0)
-    teacher_file = folder / variants["teacher"]["file"] if "teacher" in variants else source
-    measured = quality(task, run(open_session(target), heldout), labels, run(open_session(teacher_file), heldout))
-    _step("measuring latency")
-    _progress("measuring latency", 98.0)
-    max_tokens = (manifest.get("tokenizer") or {}).get("max_length")
-    latency = measure_latency({name: target}, cases(heldout, max_tokens), default_runs(token_model),
-                              cpu=cpu_model())[name]
+    def report(stage: str, percent: float) -> None:
+        _step(stage)
+        _progress(stage, percent)
+
+    measured, latency = measure_result(folder, job, target, name, report)
     kind = "+".join(KINDS.get(s, s) for s in steps)
     if parent != "teacher":
         kind = f"{variants[parent].get('kind', parent)}+{kind}"
@@ -276,34 +269,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:900] or type(exc).__name__
 
 
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ImportError):  # torch & co. absent or broken where the job runs
+        return f"{_one_line(exc)}; the compression extra is needed where the job runs: {EXTRA}"
+    return _one_line(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m compression.onthefly", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-folder", type=Path, required=True)
-    parser.add_argument("--parent", default="teacher")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--recipe", required=True, help="distilled, pruned, shared, int8_static, int8_dynamic or a "
-                        "chain such as distilled+int8_dynamic")
-    parser.add_argument("--params", default="{}", help="JSON object of string parameters")
+    parser = child_parser("python -m compression.onthefly", __doc__, "distilled, pruned, shared, int8_static, "
+                          "int8_dynamic or a chain such as distilled+int8_dynamic")
     parser.add_argument("--data", default="", help=".npz of training rows (default: the model folder's files)")
-    parser.add_argument("--out", type=Path, required=True, help="staging folder for model.onnx")
-    parser.add_argument("--server-pid", type=int, default=0, help="exit when this parent process dies")
     args = parser.parse_args(argv)
-    if args.server_pid:
-        exit_with_parent(args.server_pid)
-    _step("started")  # the server's sign that this process ran (before it imports torch or writes anything)
-    np.seterr(all="ignore")
-    try:
-        entry = make_variant(args.model_folder, args.parent, args.name, args.recipe, json.loads(args.params),
-                             args.out, args.data)
-    except ImportError as exc:  # torch & co. absent or broken where the job runs
-        print(f"error: {_one_line(exc)}; the compression extra is needed where the job runs: {EXTRA}", flush=True)
-        return 1
-    except Exception as exc:  # reported to the job as one line; the server stays up either way
-        print(f"error: {_one_line(exc)}", flush=True)
-        return 1
-    print("result: " + json.dumps(entry), flush=True)
-    return 0
+    # `run_child` says "started" before make_variant imports torch or writes anything.
+    return run_child(args, lambda params: make_variant(args.model_folder, args.parent, args.name, args.recipe,
+                                                       params, args.out, args.data), _describe)
 
 
 if __name__ == "__main__":

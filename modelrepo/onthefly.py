@@ -1,17 +1,31 @@
-"""What on-the-fly job children share (server.onthefly, compression.onthefly): recipe grammar, parameters, int8 options, dying with the server."""
+"""What on-the-fly job children share (server.onthefly, compression.onthefly): recipe grammar, parameters, int8
+options, the model folder read and the result measured, the command line and its output lines, dying with the server."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from modelrepo.int8 import QuantizeOptions
+import numpy as np
 
-__all__ = ["PARAMS", "RECIPES", "STEPS", "TRAINING", "Param", "exit_with_parent", "param_values", "parse_recipe",
-           "quantize_options"]
+from modelrepo.arrays import read_feeds
+from modelrepo.files import read_manifest
+from modelrepo.host import cpu_model
+from modelrepo.int8 import QuantizeOptions
+from modelrepo.latency import cases, default_runs, measure_latency
+from modelrepo.measure import quality, run
+from modelrepo.session import open_session
+
+__all__ = ["PARAMS", "RECIPES", "STEPS", "TRAINING", "JobFolder", "Param", "child_parser", "exit_with_parent",
+           "measure_result", "param_values", "parse_recipe", "quantize_options", "read_job_folder", "run_child",
+           "step"]
 
 RECIPES = ("int8_static", "int8_dynamic")  # made here, without torch
 TRAINING = ("distilled", "pruned")  # need torch: made by `python -m compression.onthefly`
@@ -127,3 +141,91 @@ def exit_with_parent(server_pid: int) -> None:
             pass
     if os.getppid() != server_pid:  # it died before the request above took effect
         raise SystemExit(1)
+
+
+def step(message: str) -> None:
+    """A `step:` line: what the job does now (the server shows it as the job's step)."""
+    print(f"step: {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class JobFolder:
+    """What a job reads from the model folder: its manifest, the parent's file and the held-out rows."""
+
+    manifest: dict[str, Any]
+    task: str
+    input_names: list[str]
+    heldout: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    token_model: bool
+    source: Path  # the parent's ONNX file
+
+    @property
+    def variants(self) -> dict[str, Any]:
+        return self.manifest["variants"]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The manifest's `data` record (held-out and calibration file names)."""
+        return self.manifest.get("data") or {}
+
+
+def read_job_folder(folder: Path, parent: str) -> JobFolder:
+    """The model folder as a job from `parent` sees it; ValueError naming the parent when it is not a variant."""
+    manifest = read_manifest(folder)
+    variants = manifest["variants"]
+    if parent not in variants:
+        raise ValueError(f"parent {parent!r} is not a variant; choose from {sorted(variants)}")
+    input_names = [t["name"] for t in manifest["inputs"]]
+    record = manifest.get("data") or {}
+    heldout, labels = read_feeds(folder / record.get("heldout_file", "heldout.npz"), input_names)
+    return JobFolder(manifest, manifest.get("task", "classification"), input_names, heldout, labels,
+                     "tokenizer" in manifest, folder / variants[parent]["file"])
+
+
+def measure_result(folder: Path, job: JobFolder, target: Path, name: str,
+                   report: Callable[[str, float], None]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Quality on the held-out rows (against the teacher) and latency of the new file, as the build measures
+    them; `report(step, percent)` is told each stage."""
+    report("evaluating on the held-out set", 96.0)
+    variants = job.variants
+    teacher_file = folder / variants["teacher"]["file"] if "teacher" in variants else job.source
+    measured = quality(job.task, run(open_session(target), job.heldout), job.labels,
+                       run(open_session(teacher_file), job.heldout))
+    report("measuring latency", 98.0)
+    max_tokens = (job.manifest.get("tokenizer") or {}).get("max_length")
+    latency = measure_latency({name: target}, cases(job.heldout, max_tokens), default_runs(job.token_model),
+                              cpu=cpu_model())[name]
+    return measured, latency
+
+
+def child_parser(prog: str, description: str | None, recipe_help: str,
+                 recipe_choices: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """The flags every job child takes (the server passes them); a child adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-folder", type=Path, required=True)
+    parser.add_argument("--parent", default="teacher")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--recipe", required=True, choices=recipe_choices, help=recipe_help)
+    parser.add_argument("--params", default="{}", help="JSON object of string parameters")
+    parser.add_argument("--out", type=Path, required=True, help="staging folder for model.onnx")
+    parser.add_argument("--server-pid", type=int, default=0, help="exit when this parent process dies")
+    return parser
+
+
+def run_child(args: argparse.Namespace, make: Callable[[dict[str, str]], dict[str, Any]],
+              describe: Callable[[Exception], str]) -> int:
+    """A job child's life: die with the server, say it started (before it writes anything, so the server can
+    tell a process that never ran), `make(params)`, then print the `result:` entry or one `error:` line."""
+    if args.server_pid:
+        exit_with_parent(args.server_pid)
+    step("started")
+    np.seterr(all="ignore")
+    try:
+        entry = make(json.loads(args.params))
+    except Exception as exc:  # reported to the job as one line; the server stays up either way
+        print(f"error: {describe(exc)}", flush=True)
+        return 1
+    print("result: " + json.dumps(entry), flush=True)
+    return 0

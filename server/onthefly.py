@@ -11,73 +11,48 @@ cannot take the server down.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from modelrepo.arrays import read_feeds
 from modelrepo.entry import variant_entry
-from modelrepo.files import read_manifest
-from modelrepo.host import cpu_flags, cpu_model
+from modelrepo.host import cpu_flags
 from modelrepo.int8 import budget_for, resolved_reduce_range, search
-from modelrepo.latency import cases, default_runs, measure_latency
-from modelrepo.measure import count, quality, run, take
-from modelrepo.onthefly import RECIPES, exit_with_parent, quantize_options
+from modelrepo.measure import count, run, take
+from modelrepo.onthefly import RECIPES, child_parser, measure_result, quantize_options, read_job_folder, run_child, step
 from modelrepo.session import open_session
 
 __all__ = ["RECIPES", "main", "make_variant"]
 
 
-def _step(message: str) -> None:
-    print(f"step: {message}", flush=True)
-
-
 def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict[str, str], out: Path) -> dict[str, Any]:
     """Write `out/model.onnx` and return its manifest entry (file relative to the model folder as `name/`)."""
-    manifest = read_manifest(folder)
-    variants = manifest["variants"]
-    if parent not in variants:
-        raise ValueError(f"parent {parent!r} is not a variant; choose from {sorted(variants)}")
-    task = manifest.get("task", "classification")
-    data = manifest.get("data") or {}
-    source = folder / variants[parent]["file"]
-    input_names = [t["name"] for t in manifest["inputs"]]
-    heldout, labels = read_feeds(folder / data.get("heldout_file", "heldout.npz"), input_names)
-    token_model = "tokenizer" in manifest
-    options = quantize_options(recipe, params, token_model)
+    job = read_job_folder(folder, parent)
+    variants = job.variants
+    options = quantize_options(recipe, params, job.token_model)
     calibration = None
     if options.mode == "static":
-        calibration_file = folder / data.get("calibration_file", "calibration.npz")
+        calibration_file = folder / job.data.get("calibration_file", "calibration.npz")
         if not calibration_file.is_file():
             raise ValueError(f"{calibration_file.name} is missing from the model folder; use recipe int8_dynamic")
-        rows, _ = read_feeds(calibration_file, input_names)
+        rows, _ = read_feeds(calibration_file, job.input_names)
         calibration = take(rows, slice(0, options.calibration_samples))
     out.mkdir(parents=True, exist_ok=True)
     target = out / "model.onnx"
     started = time.perf_counter()
     # The budget is checked on half of the held-out rows; quality is reported on all of them, as
     # the build reports it (no validation split travels with the repository).
-    check = take(heldout, slice(0, max(1, count(heldout) // 2)))
-    reference = run(open_session(source), check)
-    check_labels = None if labels is None else labels[:count(check)]
-    budget = budget_for(task, reference, check_labels, options)
+    check = take(job.heldout, slice(0, max(1, count(job.heldout) // 2)))
+    reference = run(open_session(job.source), check)
+    check_labels = None if job.labels is None else job.labels[:count(check)]
+    budget = budget_for(job.task, reference, check_labels, options)
     reduce_range = resolved_reduce_range(options, cpu_flags())
-    _step(f"quantizing {parent} ({options.mode})")
-    result = search(source, target, calibration, check, reference, budget, options, reduce_range, _step)
+    step(f"quantizing {parent} ({options.mode})")
+    result = search(job.source, target, calibration, check, reference, budget, options, reduce_range, step)
 
-    _step("evaluating on the held-out set")
-    teacher_file = folder / variants["teacher"]["file"] if "teacher" in variants else source
-    teacher_out = run(open_session(teacher_file), heldout)
-    measured = quality(task, run(open_session(target), heldout), labels, teacher_out)
-    _step("measuring latency")
-    max_tokens = (manifest.get("tokenizer") or {}).get("max_length")
-    latency = measure_latency({name: target}, cases(heldout, max_tokens), default_runs(token_model),
-                              cpu=cpu_model())[name]
+    measured, latency = measure_result(folder, job, target, name, lambda stage, _percent: step(stage))
     recipe_params = {"source": parent, **options.as_params(), "reduce_range": reduce_range,
                      "budget": budget.as_params(), "budget_met": result.met, "fp32_nodes": result.fp32_nodes,
                      "attempts": result.attempts}
@@ -92,26 +67,10 @@ def make_variant(folder: Path, parent: str, name: str, recipe: str, params: dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.onthefly", description=__doc__)
-    parser.add_argument("--model-folder", type=Path, required=True)
-    parser.add_argument("--parent", default="teacher")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--recipe", choices=RECIPES, required=True)
-    parser.add_argument("--params", default="{}", help="JSON object of string parameters")
-    parser.add_argument("--out", type=Path, required=True, help="staging folder for model.onnx")
-    parser.add_argument("--server-pid", type=int, default=0, help="exit when this parent process dies")
-    args = parser.parse_args(argv)
-    if args.server_pid:
-        exit_with_parent(args.server_pid)
-    _step("started")  # the server's sign that this process ran (before it writes anything)
-    np.seterr(all="ignore")
-    try:
-        entry = make_variant(args.model_folder, args.parent, args.name, args.recipe, json.loads(args.params), args.out)
-    except Exception as exc:  # reported to the job as one line; the server stays up either way
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", flush=True)
-        return 1
-    print("result: " + json.dumps(entry), flush=True)
-    return 0
+    args = child_parser("python -m server.onthefly", __doc__, "the int8 recipe", RECIPES).parse_args(argv)
+    return run_child(args, lambda params: make_variant(args.model_folder, args.parent, args.name, args.recipe,
+                                                       params, args.out),
+                     lambda exc: str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 if __name__ == "__main__":
