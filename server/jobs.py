@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 from modelrepo.files import hold_staging, release_staging, remove_stale_staging, staging_path
 from modelrepo.onthefly import RECIPES, parse_recipe
+from server.children import run_python_lines
 from server.errors import FailedPrecondition, InvalidInput, NotFound, SlimserveError
 from server.manifest_io import update_manifest
 from server.registry import Registry
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
 RUNNERS = ("", "local", "kubernetes")
-LINE_LIMIT = 16 << 20  # a `result:` line holds a whole manifest entry (int8 sensitivities and all)
 EXTRA = "pip install -e '.[compression]'"
 # What `python -m compression.onthefly` imports to train and export (the `compression` extra). Looked up
 # with find_spec, never imported: the server stays torch-free.
@@ -296,11 +295,4 @@ class JobManager:
 
     async def _run_child(self, args: list[str], on_line: Callable[[str], None]) -> int:
         """Run `python -m <args>` here; every stdout line to `on_line`; its exit status (negative: a signal)."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            limit=LINE_LIMIT,
-        )
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            on_line(raw.decode(errors="replace"))
-        return await process.wait()
+        return await run_python_lines(args, on_line)

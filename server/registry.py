@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-import sys
+import subprocess
 import threading
 import time
 from concurrent.futures import Executor
@@ -16,6 +16,7 @@ from typing import Awaitable, Callable, Iterable
 import numpy as np
 
 from server.batcher import Batcher
+from server.children import run_python
 from server.errors import InvalidInput, NotFound, RepositoryError, SlimserveError, Unavailable
 from server.metrics import Metrics, VariantFacts, VariantMetrics
 from server.repository import ModelSpec, Repository, VariantSpec, is_model_name
@@ -242,18 +243,15 @@ class Registry:
         files = [str(s.path) for s in sessions.values()]
         figures: dict[str, int] | None = None
         for attempt in (1, 2):  # a probe process can die for reasons of its own (a signal): try once more
-            process, err = None, b""
+            status, err = None, b""
             try:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "server.memprobe", *files, "--threads", str(self.settings.intra_op_threads),
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                )
-                out, err = await asyncio.wait_for(process.communicate(), timeout=300)
-                figures = json.loads(out.decode().strip().splitlines()[-1])
+                done = await run_python(["server.memprobe", *files, "--threads", str(self.settings.intra_op_threads)],
+                                        timeout=300)
+                status, err = done.returncode, done.stderr
+                figures = json.loads(done.stdout.decode().strip().splitlines()[-1])
                 break
-            except (OSError, ValueError, IndexError, asyncio.TimeoutError) as exc:
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
                 tail = err.decode(errors="replace").strip().splitlines()[-1:]
-                status = process.returncode if process is not None else None
                 log.log(logging.INFO if attempt == 1 else logging.WARNING,
                         "memory probe failed (%s; exit status %s%s)%s", exc, status,
                         f": {tail[0][:200]}" if tail else "",
