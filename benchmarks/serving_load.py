@@ -3,9 +3,10 @@
     python benchmarks/serving_load.py --repository model_repository --model digits --variant int8
     python benchmarks/serving_load.py --model minilm --variant int8 --tokens 16
 
-For each server mode (batching on / off) a fresh `python -m server` (loopback, free ports, `--workers W
---intra-op-threads 1`) is driven by one asyncio client process (tritonclient.grpc.aio) at concurrency
-1, 4 and 16, each level bounded by `--seconds` and `--requests`. Printed per level: requests/s, p50 and
+Two `python -m server` processes, batching on and off (loopback, free ports, `--workers W
+--intra-op-threads 1`, the other settings at their defaults), are driven by one asyncio client process
+(tritonclient.grpc.aio) at concurrency 1, 4 and 16; at each level the two modes take `--rounds` turns
+(`--seconds` split between them, each turn also bounded by `--requests`), and the turns are pooled. Printed per level: requests/s, p50 and
 p99 latency in ms, errors, mean rows per ONNX Runtime run (from ModelStatistics) and the client's own CPU
 seconds per request (client and server share this machine's cores). In-process figures use the same
 file and thread settings: W threads each running batch 1, and W threads each running batch 16.
@@ -140,7 +141,24 @@ async def drive(url: str, model: str, variant: str, make_inputs, concurrency: in
     return {"concurrency": concurrency, "requests": len(latencies), "rps": len(latencies) / elapsed,
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "errors": errors,
             "rows_per_run": rows / runs if runs else float("nan"),
-            "client_cpu_ms": cpu / max(1, len(latencies)) * 1e3}
+            "client_cpu_ms": cpu / max(1, len(latencies)) * 1e3,
+            "latencies": lat, "elapsed": elapsed, "runs": runs, "rows": rows, "cpu": cpu}
+
+
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure per mode from its rounds: requests over the rounds' total time, percentiles over all
+    latencies, rows per run over all runs."""
+    lat = np.concatenate([r["latencies"] for r in results])
+    requests = sum(r["requests"] for r in results)
+    runs, rows = sum(r["runs"] for r in results), sum(r["rows"] for r in results)
+    errors: dict[str, int] = {}
+    for r in results:
+        for key, count in r["errors"].items():
+            errors[key] = errors.get(key, 0) + count
+    return {"requests": requests, "rps": requests / sum(r["elapsed"] for r in results),
+            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "errors": errors,
+            "rows_per_run": rows / runs if runs else float("nan"),
+            "client_cpu_ms": sum(r["cpu"] for r in results) / max(1, requests) * 1e3}
 
 
 def main() -> int:
@@ -150,7 +168,8 @@ def main() -> int:
     parser.add_argument("--variant", default="teacher")
     parser.add_argument("--tokens", type=int, default=16, help="text models: tokens per sentence")
     parser.add_argument("--levels", default="1,4,16", help="concurrency levels")
-    parser.add_argument("--seconds", type=float, default=8.0, help="time bound per level")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time bound per level and mode")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per level and mode the seconds are split into")
     parser.add_argument("--requests", type=int, default=20000, help="request bound per level")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--max-tokens-per-run", type=int, default=1024,
@@ -202,19 +221,31 @@ def main() -> int:
         line += f" in slices of {sliced_rows} rows as the server runs it ({whole:.0f} as one run of 16)"
     print(line)
     levels = [int(x) for x in args.levels.split(",")]
-    print("| batching | concurrency | req/s | p50 ms | p99 ms | rows/run | errors | client CPU ms/req | vs in-process batch 16 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for batching in ("--batching", "--no-batching"):
-        server = start_server(args.repository, batching, "--workers", str(args.workers), "--intra-op-threads", "1",
-                              "--max-tokens-per-run", str(args.max_tokens_per_run), "--log-level", "WARNING")
-        try:
-            for level in levels:
-                r = asyncio.run(drive(server.url, args.model, args.variant, make_inputs, level, args.seconds,
-                                      args.requests))
-                print(f"| {'on' if batching == '--batching' else 'off'} | {level} | {r['rps']:.0f} | {r['p50']:.3f} | "
+    print(f"# both servers stay up; each level runs {args.rounds} rounds per mode, taking turns (who goes first "
+          f"alternates), and the rounds are pooled: the machine's drift hits both modes alike")
+    print("| batching | concurrency | req/s | p50 ms | p99 ms | rows/run | errors | client CPU ms/req | vs in-process batch 16 "
+          "| req/s on / off |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    servers = {}
+    try:
+        for mode in ("--batching", "--no-batching"):
+            servers[mode] = start_server(args.repository, mode, "--workers", str(args.workers), "--intra-op-threads",
+                                         "1", "--max-tokens-per-run", str(args.max_tokens_per_run),
+                                         "--log-level", "WARNING")
+        for level in levels:
+            rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in servers}
+            for k in range(args.rounds):
+                for mode in (("--batching", "--no-batching") if k % 2 == 0 else ("--no-batching", "--batching")):
+                    rounds[mode].append(asyncio.run(drive(servers[mode].url, args.model, args.variant, make_inputs,
+                                                          level, args.seconds / args.rounds, args.requests)))
+            pooled = {mode: pool(results) for mode, results in rounds.items()}
+            ratio = pooled["--batching"]["rps"] / pooled["--no-batching"]["rps"]
+            for mode, r in pooled.items():
+                print(f"| {'on' if mode == '--batching' else 'off'} | {level} | {r['rps']:.0f} | {r['p50']:.3f} | "
                       f"{r['p99']:.3f} | {r['rows_per_run']:.2f} | {sum(r['errors'].values())} | "
-                      f"{r['client_cpu_ms']:.3f} | {r['rps'] / tput16:.0%} |", flush=True)
-        finally:
+                      f"{r['client_cpu_ms']:.3f} | {r['rps'] / tput16:.0%} | {ratio:.2f} |", flush=True)
+    finally:
+        for server in servers.values():
             server.stop()
     return 0
 

@@ -141,7 +141,7 @@ class Registry:
             Repository.verify(variant, model.name)
         self.repository.check_external_data(variant)
         session = Session(variant.path, self.settings.intra_op_threads, self.settings.max_tokens_per_run,
-                          batch_invariant=variant.batch_invariant)
+                          batch_invariant=variant.batch_invariant, lone_threads=self.settings.lone_run_threads)
         _ = session.batch_invariant  # an older manifest without the key: read the graph here, off the event loop
         return session
 
@@ -245,7 +245,8 @@ class Registry:
         for attempt in (1, 2):  # a probe process can die for reasons of its own (a signal): try once more
             status, err = None, b""
             try:
-                done = await run_python(["server.memprobe", *files, "--threads", str(self.settings.intra_op_threads)],
+                done = await run_python(["server.memprobe", *files, "--threads", str(self.settings.intra_op_threads),
+                                         "--lone-threads", str(self.settings.lone_run_threads)],
                                         timeout=300)
                 status, err = done.returncode, done.stderr
                 figures = json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -341,6 +342,7 @@ class Registry:
             inline_below_us=self.settings.inline_compute_us,
             # Rows of different requests share a run only where that cannot change anyone's answer.
             merge_requests=session.batch_invariant,
+            batch_first=session.batch_first,
             on_idle=session.settle,
             idle_seconds=self.settings.idle_settle_seconds,
         )

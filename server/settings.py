@@ -43,6 +43,12 @@ class Settings:
         default=1,
         metadata={"help": "ONNX Runtime intra-op threads per session; workers x this should not exceed the cores"},
     )
+    lone_run_threads: int = field(
+        default_factory=_cores,
+        metadata={"help": "intra-op threads of a run that starts while no other run is in progress: each variant "
+                          "gets a second session with this many threads for such runs (default: the usable "
+                          "cores; 1 = off, which halves the memory the sessions hold)"},
+    )
     max_batch_size: int = field(default=64, metadata={"help": "largest batch a request (or a merged batch) may have"})
     max_tokens_per_run: int = field(
         default=1024,
@@ -174,6 +180,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("--workers must be at least 1")
     if s.intra_op_threads < 0:
         raise SettingsError("--intra-op-threads must be 0 (ONNX Runtime decides) or more")
+    if s.lone_run_threads < 1:
+        raise SettingsError("--lone-run-threads must be at least 1 (1 = no second session)")
     if s.inline_compute_us < 0:
         raise SettingsError("--inline-compute-us must be 0 (off) or more")
     if s.max_tokens_per_run < 0:

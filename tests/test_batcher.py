@@ -53,6 +53,52 @@ def test_concurrent_requests_merge_and_split_exactly(session: Session) -> None:
     assert batches[0] == 1 and batches[1] == 10, batches  # first ran alone, the four queued ones merged
 
 
+async def _until(condition, what: str) -> None:
+    """Let the event loop run until `condition()` holds (bounded in steps, not in time)."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+@pytest.mark.parametrize("batch_first, expected", [(False, [1, 1, 3]), (True, [1, 4])])
+def test_batch_first_variant_waits_for_its_run_instead_of_taking_a_second_worker(
+        session: Session, batch_first: bool, expected: list[int]) -> None:
+    """With two workers free, a request arriving during a run takes the second worker, unless the variant
+    is batch-first (runs cost little more with more rows): then it waits and shares the next run."""
+    gate = threading.Event()
+    batches: list[int] = []
+
+    def run(feeds: dict) -> list:
+        gate.wait(5)
+        return session.run(feeds)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(run, pool, concurrency=2, max_batch_size=64, max_queue_size=64,
+                              batch_first=batch_first, on_batch=lambda rows, _: batches.append(rows))
+            x = {"input": np.ones((1, FEATURES), np.float32)}
+            tasks = [asyncio.create_task(batcher.submit(x))]
+            await _until(lambda: batcher.running == 1, "the first run started")
+            tasks += [asyncio.create_task(batcher.submit(x)) for _ in range(4)]
+            await _until(lambda: batcher.running + batcher.depth == 5,
+                         "every request is running or queued")
+            assert batcher.running == (1 if batch_first else 2)
+            gate.set()
+            for outputs, _timing in await asyncio.gather(*tasks):
+                np.testing.assert_array_equal(outputs[0], session.run(x)[0])
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert batches == expected
+
+
+def test_a_tiny_model_is_measured_batch_first(session: Session) -> None:
+    """The tiny MLP's run is nearly all fixed cost, so the load-time measurement marks it batch-first."""
+    assert session.batch_first
+
+
 def test_full_queue_is_refused_at_once(session: Session) -> None:
     gate = threading.Event()
 
