@@ -13,14 +13,16 @@ the graph has one). Without it the MiniLM points are skipped with a note.
 - KServe: its Python model server (`kserve.ModelServer`, v2 gRPC) running benchmarks/kserve_onnx_server.py
   in its own venv (`--kserve-venv`, created with `python3.11 -m venv` and the pins in KSERVE_PINS from
   PyPI when missing): one `kserve.Model` per file, ONNX Runtime sessions with slimserve's options and
-  `--intra-op-threads` (default: slimserve's default, 1), KServe's defaults otherwise (1 worker, gRPC
-  max_threads 4), per-request latency logging off and log level WARNING (its defaults log every request).
-- slimserve: `python -m server` with its defaults (workers = usable cores, 1 intra-op thread, dynamic
-  batching on), loopback and free ports.
+  `--intra-op-threads` (default: the usable cores, as ONNX Runtime's own default uses every core), KServe's
+  defaults otherwise (1 worker, gRPC max_threads 4), per-request latency logging off and log level WARNING
+  (its defaults log every request).
+- slimserve: `python -m server` with its defaults (workers = usable cores, 1 intra-op thread, a lone run
+  on every usable core, dynamic batching on), loopback and free ports.
 - Client, the same for both: tritonclient.grpc in this process, one InferenceServerClient per thread,
-  batch-1 requests, concurrency 1/4/16 (`--levels`); per point `--warmup` seconds untimed, then up to
-  `--seconds` or `--max-requests` requests, whichever comes first. The two sides take turns at each level
-  (who goes first alternates). Throughput (answers inside the timed window / its length) and p50/p99 are
+  batch-1 requests, concurrency 1/4/16 (`--levels`); per point the two sides take `--rounds` turns each,
+  alternating (who goes first alternates too), each turn `--warmup` seconds untimed, then up to
+  `--seconds`/`--rounds` seconds or `--max-requests`/`--rounds` requests, whichever comes first; a side's
+  turns are pooled. Throughput (answers inside the timed window / its length) and p50/p99 are
   client-side; server CPU per request is the server process's CPU time (and its children's, psutil)
   over the timed phase / the requests answered in it. Both servers stay up for the whole run (the idle
   one only waits; slimserve also polls its repository every few seconds). Client and servers share the
@@ -283,6 +285,31 @@ class Measured:
     server_cpu_ms_per_request: float
     client_cpu_cores: float
     errors: dict[str, int]
+    latencies_ms: list[float] = field(default_factory=list, repr=False)  # pooled across rounds, not written out
+
+
+def written(m: Measured) -> dict[str, Any]:
+    """The JSON form of a side's figures (without the raw latencies)."""
+    out = asdict(m)
+    out.pop("latencies_ms")
+    return out
+
+
+def pool(rounds: list[Measured]) -> Measured:
+    """One figure per side from its rounds: answers in the timed windows over their total length,
+    percentiles over every latency, CPU per request over every request."""
+    requests = sum(m.requests for m in rounds)
+    seconds = sum(m.seconds for m in rounds)
+    latencies = [x for m in rounds for x in m.latencies_ms]
+    p50, p99 = percentiles(latencies, (50, 99))
+    errors: dict[str, int] = {}
+    for m in rounds:
+        for key, n in m.errors.items():
+            errors[key] = errors.get(key, 0) + n
+    return Measured(requests, seconds, sum(m.rps * m.seconds for m in rounds) / seconds if seconds else float("nan"),
+                    p50, p99, sum(m.server_cpu_ms_per_request * m.requests for m in rounds) / max(1, requests),
+                    sum(m.client_cpu_cores * m.seconds for m in rounds) / seconds if seconds else float("nan"),
+                    errors, latencies)
 
 
 def drive(url: str, model: str, arrays: dict[str, np.ndarray], concurrency: int, seconds: float,
@@ -349,9 +376,11 @@ def drive(url: str, model: str, arrays: dict[str, np.ndarray], concurrency: int,
     window_end = min(deadline, max((b for _, b in pairs), default=deadline))
     in_window = sum(1 for _, b in pairs if b <= window_end)
     window = window_end - started
-    p50, p99 = percentiles([(b - a) * 1e3 for a, b in pairs], (50, 99))
+    latencies = [(b - a) * 1e3 for a, b in pairs]
+    p50, p99 = percentiles(latencies, (50, 99))
     return Measured(len(pairs), window, in_window / window if window > 0 else float("nan"), p50, p99,
-                    cpu / len(pairs) * 1e3 if pairs else float("nan"), client_cpu / (ended - started), errors)
+                    cpu / len(pairs) * 1e3 if pairs else float("nan"), client_cpu / (ended - started), errors,
+                    latencies)
 
 
 def same_answer(urls: dict[str, str], model: str, arrays: dict[str, np.ndarray]) -> float:
@@ -389,11 +418,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", default="16,128", help="MiniLM sequence lengths (default %(default)s)")
     parser.add_argument("--levels", default="1,4,16", help="concurrency levels (default %(default)s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per point and side (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="turns per point and side the seconds are split into, the sides alternating, pooled: "
+                             "a noisy machine's drift then hits both sides alike (default %(default)s)")
     parser.add_argument("--max-requests", type=int, default=100_000,
                         help="timed requests per point and side at most (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds first (default %(default)s)")
     parser.add_argument("--intra-op-threads", type=int, default=None,
-                        help="KServe sessions' intra-op threads (default: slimserve's default)")
+                        help="KServe sessions' intra-op threads (default: the usable cores, ONNX Runtime's own default)")
     parser.add_argument("--kserve-predict", choices=("sync", "thread"), default="sync",
                         help="sync: predict on KServe's event loop, as its own servers do; thread: in its executor")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -405,16 +437,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--levels and --tokens take comma-separated integers")
     wanted = [m for m in args.models.split(",") if m]
     unknown = set(wanted) - {"mlp", *MINILM_FILES}
-    if unknown or not levels or levels[0] < 1 or args.seconds <= 0 or args.max_requests < 1 or not tokens:
+    if (unknown or not levels or levels[0] < 1 or args.seconds <= 0 or args.max_requests < 1 or not tokens
+            or args.rounds < 1):
         parser.error(f"check --models ({', '.join(sorted(unknown)) or 'ok'}), --levels, --tokens, --seconds, "
-                     "--max-requests")
+                     "--max-requests, --rounds")
     signal.signal(signal.SIGINT, _on_signal)  # either way the finally blocks run and stop both servers
     signal.signal(signal.SIGTERM, _on_signal)
 
     import onnxruntime
 
     settings = parse_settings([], dict(os.environ))
-    intra = settings.intra_op_threads if args.intra_op_threads is None else args.intra_op_threads
+    intra = len(os.sched_getaffinity(0)) if args.intra_op_threads is None else args.intra_op_threads
     try:
         python, versions, install_seconds = ensure_kserve_venv(args.kserve_venv, args.base_python)
     except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
@@ -462,13 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         header = [
             f"# {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; CPU: {cpu_model()}; {cores} usable cores; "
             f"client: tritonclient.grpc, one client per thread, batch 1, {args.seconds:g} s or {args.max_requests} "
-            f"requests per point and side after {args.warmup:g} s warm-up; client and servers on the same cores",
+            f"requests per point and side in {args.rounds} alternating turns, each after {args.warmup:g} s warm-up; client and servers on the same cores",
             f"# KServe {versions['kserve']} (venv {args.kserve_venv}, pins {' '.join(KSERVE_PINS)}), onnxruntime "
             f"{versions['onnxruntime']}: benchmarks/kserve_onnx_server.py, predict {args.kserve_predict}, "
             f"latency logging off, log level WARNING",
             *(f"#   {line}" for line in kserve_lines),
             f"# slimserve (python -m server, defaults), onnxruntime {onnxruntime.__version__}: --workers "
-            f"{settings.workers}, --intra-op-threads {settings.intra_op_threads}, batching "
+            f"{settings.workers}, --intra-op-threads {settings.intra_op_threads}, --lone-run-threads "
+            f"{settings.lone_run_threads}, batching "
             f"{'on' if settings.batching else 'off'} (max batch {settings.max_batch_size}, queue delay "
             f"{settings.max_queue_delay_us} us), inline compute under {settings.inline_compute_us} us; sessions: "
             f"modelrepo/session.py (1 inter-op thread, sequential, ORT_ENABLE_ALL, spinning off, denormals as "
@@ -486,17 +520,21 @@ def main(argv: list[str] | None = None) -> int:
             title = f"{model}" + (f", {length} tokens" if length else f" {'-'.join(map(str, MLP_SHAPE))}")
             rows = []
             for i, level in enumerate(levels):
-                order = ("kserve", "slimserve") if i % 2 == 0 else ("slimserve", "kserve")
-                got = {side: drive(urls[side], model, arrays, level, args.seconds, args.max_requests, args.warmup,
-                                   pids[side]) for side in order}
-                if STOP.is_set():
-                    raise KeyboardInterrupt
+                turns: dict[str, list[Measured]] = {"kserve": [], "slimserve": []}
+                for r in range(args.rounds):
+                    order = ("kserve", "slimserve") if (i + r) % 2 == 0 else ("slimserve", "kserve")
+                    for side in order:
+                        turns[side].append(drive(urls[side], model, arrays, level, args.seconds / args.rounds,
+                                                 max(1, args.max_requests // args.rounds), args.warmup, pids[side]))
+                    if STOP.is_set():
+                        raise KeyboardInterrupt
+                got = {side: pool(measured) for side, measured in turns.items()}
                 for side, process in (("KServe", kserve.process), ("slimserve", slim.process)):
                     if process.poll() is not None:
                         raise RuntimeError(f"{side} exited (code {process.returncode}) during {title} c={level}")
                 k, s = got["kserve"], got["slimserve"]
                 results.append({"model": model, "tokens": length, "concurrency": level, "max_abs_diff": diff,
-                                "kserve": asdict(k), "slimserve": asdict(s)})
+                                "kserve": written(k), "slimserve": written(s)})
                 errors = {f"K {key}": n for key, n in k.errors.items()} | {f"s {key}": n for key, n in s.errors.items()}
                 rows.append([str(level), f"{k.rps:,.0f}", f"{s.rps:,.0f}", fmt(s.rps / k.rps if k.rps else None, 2),
                              fmt(k.p50_ms), fmt(k.p99_ms), fmt(s.p50_ms), fmt(s.p99_ms),
@@ -517,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                 "kserve_versions": versions, "kserve_settings": kserve_lines,
                 "kserve": {"predict": args.kserve_predict, "intra_op_threads": intra, "workers": 1},
                 "slimserve": {"onnxruntime": onnxruntime.__version__, "workers": settings.workers,
-                              "intra_op_threads": settings.intra_op_threads, "batching": settings.batching},
+                              "intra_op_threads": settings.intra_op_threads,
+                              "lone_run_threads": settings.lone_run_threads, "batching": settings.batching},
                 "seconds": args.seconds, "max_requests": args.max_requests, "warmup": args.warmup,
                 "notes": notes, "points": results}, indent=2) + "\n")
             print(f"\n# results written to {args.json}")

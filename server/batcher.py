@@ -284,13 +284,19 @@ class Batcher:
         if first is None:
             return []
         group, rows = [first], first.rows
-        if self.batching and self.merge_requests and rows < self.max_batch_size:
+        limit = self.max_batch_size
+        if not self.batch_first:
+            # Share the queue among the workers rather than one worker taking it all: the others would
+            # otherwise serve only newcomers while the whole queue waits on one long run. MiniLM fp32 at
+            # 128 tokens, 16 clients: one run took every queued row, and p99 was 7x p50 (703 / 101 ms).
+            limit = min(limit, max(rows, -(-(rows + self._queued_rows()) // self._concurrency)))
+        if self.batching and self.merge_requests and rows < limit:
             keep: collections.deque[_Pending] = collections.deque()
             while self._queue:
                 item = self._queue.popleft()
                 if item.future.done():
                     continue
-                if item.key == first.key and rows + item.rows <= self.max_batch_size:
+                if item.key == first.key and rows + item.rows <= limit:
                     if item.deadline is not None and now > item.deadline:
                         item.future.set_exception(DeadlineExceeded("the request's deadline passed while it was queued"))
                         continue

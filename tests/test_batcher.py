@@ -62,11 +62,12 @@ async def _until(condition, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-@pytest.mark.parametrize("batch_first, expected", [(False, [1, 1, 3]), (True, [1, 4])])
+@pytest.mark.parametrize("batch_first, expected", [(False, [1, 1, 1, 2]), (True, [1, 4])])
 def test_batch_first_variant_waits_for_its_run_instead_of_taking_a_second_worker(
         session: Session, batch_first: bool, expected: list[int]) -> None:
     """With two workers free, a request arriving during a run takes the second worker, unless the variant
-    is batch-first (runs cost little more with more rows): then it waits and shares the next run."""
+    is batch-first (runs cost little more with more rows): then it waits and shares the next run. Otherwise
+    the workers share the queue (3 queued rows, 2 workers: runs of 2 and 1), not one worker taking it all."""
     gate = threading.Event()
     batches: list[int] = []
 
@@ -91,7 +92,7 @@ def test_batch_first_variant_waits_for_its_run_instead_of_taking_a_second_worker
             await batcher.close()
 
     asyncio.run(scenario())
-    assert batches == expected
+    assert sorted(batches) == expected
 
 
 def test_a_tiny_model_is_measured_batch_first(session: Session) -> None:
