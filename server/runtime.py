@@ -138,6 +138,7 @@ class Session:
         self.path = path
         self.max_tokens_per_run = max_tokens_per_run
         self._batch_invariant = batch_invariant
+        self.lone_runs = 0  # runs that took the wide session (alone in the process)
         self._warm_feeds: dict[str, np.ndarray] = {}
         process = psutil.Process()
         before = _settled_rss(process)
@@ -238,7 +239,10 @@ class Session:
         # on each other's intra-op threads and lost slimserve its lead under load.
         alone = _RUNS.start()
         try:
-            session = self._wide if alone and self._wide is not None else self._session
+            session = self._session
+            if alone and self._wide is not None:
+                session = self._wide
+                self.lone_runs += 1
             return run_in_slices(session, feeds, rows, outputs)
         finally:
             _RUNS.end()
