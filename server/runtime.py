@@ -176,10 +176,11 @@ class Session:
             log.warning("warm-up of %s failed: %s", self.path, str(exc).splitlines()[0])
 
     def _batch_is_cheap(self) -> bool:
-        """Measure a run of 1 row and of 4 rows (fastest of 5 each, one thread): True when the fixed cost
-        of a run is at least twice the cost of a row, so merging requests saves more than running them
-        side by side gains (twice: a clear margin over the timing noise of 5 runs). digits' teacher: 160 us for 1 row, 197 us for 4 (the weights are read once
-        per run); MiniLM fp32 at 16 tokens: 8.0 ms and 20.7 ms (the rows are the work)."""
+        """Time a run of 1 row and of 4 rows (fastest of 5 each, one thread): True when a run's fixed
+        cost is at least twice a row's, so merging requests saves more than running them side by side
+        gains (twice: a clear margin over the noise of 5 timings). digits' teacher: 160 us for 1 row,
+        197 us for 4 (the weights are read once per run); MiniLM fp32 at 16 tokens: 8.0 and 20.7 ms
+        (the rows are the work)."""
         if not self._warm_feeds:
             return False
         one = {name: self._sample(name, 1) for name in self._warm_feeds}
