@@ -6,9 +6,10 @@
 Two `python -m server` processes, batching on and off (loopback, free ports, `--workers W
 --intra-op-threads 1`, the other settings at their defaults), are driven by one asyncio client process
 (tritonclient.grpc.aio) at concurrency 1, 4 and 16; at each level the two modes take `--rounds` turns
-(`--seconds` split between them, each turn also bounded by `--requests`), and the turns are pooled. Printed per level: requests/s, p50 and
-p99 latency in ms, errors, mean rows per ONNX Runtime run (from ModelStatistics) and the client's own CPU
-seconds per request (client and server share this machine's cores). In-process figures use the same
+each (a mode's `--seconds` split between its turns, each turn also bounded by `--requests`), and a
+mode's turns are pooled. Printed per level: requests/s, p50 and p99 latency in ms, errors, mean rows per
+ONNX Runtime run (from ModelStatistics), the client's own CPU seconds per request (client and server
+share this machine's cores) and the req/s ratio of batching on to off. In-process figures use the same
 file and thread settings: W threads each running batch 1, and W threads each running batch 16.
 Text models take `--tokens N` (a sentence of about N tokens, sent as BYTES `text`, tokenized by the server).
 """
