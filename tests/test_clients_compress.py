@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from server_process import ROOT, ServerProcess, start_server
+from waits import sigstop
 
 from clients.compress import ProgressView
 from clients.jobs import JOB_STATES, NAME_RULE, JobStatus, default_variant_name
@@ -200,24 +200,6 @@ def _job_child(server: ServerProcess) -> psutil.Process | None:
     return None
 
 
-def _stop(process: psutil.Process) -> bool:
-    """SIGSTOP `process` and wait until it is stopped (the signal lands asynchronously); False, and the process
-    left running, when it ended first or did not stop within a bound far above any scheduling delay."""
-    try:
-        process.send_signal(signal.SIGSTOP)
-        for _ in range(2_000):
-            status = process.status()
-            if status == psutil.STATUS_STOPPED:
-                return True
-            if status == psutil.STATUS_ZOMBIE:
-                return False
-            time.sleep(0.005)
-        process.send_signal(signal.SIGCONT)
-    except psutil.NoSuchProcess:
-        pass
-    return False
-
-
 def test_ctrl_c_leaves_the_job_running_and_job_reattaches(server: ServerProcess) -> None:
     """Ctrl-C while the job's child is frozen mid-flight (so the job cannot end first, however fast the machine):
     exit 130 naming the job; `job ID` then follows it to the end."""
@@ -235,7 +217,7 @@ def test_ctrl_c_leaves_the_job_running_and_job_reattaches(server: ServerProcess)
             if match and match.group(1) == "RUNNING" and match.group(3) not in ("starting", "loading"):
                 child = _job_child(server)
                 break
-        if child is None or not _stop(child):
+        if child is None or not sigstop(child):
             cli.communicate(timeout=JOB_SECONDS)
             continue
         try:

@@ -12,17 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnx
-import onnxruntime as ort
 import psutil
 import pytest
-import tritonclient.grpc as triton
+from digits_jobs import MODEL, admin_stub, assert_serves, heldout, infer, partials
 from onnx import TensorProto, helper, numpy_helper
 from server_process import ServerProcess, start_server
+from waits import sigstop
 
-from modelrepo.arrays import read_feeds
 from modelrepo.files import hold_staging, release_staging, staged_model_dir
 from modelrepo.int8 import QuantizeOptions, budget_for, search
 from modelrepo.measure import run
@@ -31,7 +29,6 @@ from protos import compression_pb2 as cpb
 from protos import compression_pb2_grpc as cpb_grpc
 from server.onthefly import RECIPES
 
-MODEL = "digits"
 JOB_SECONDS = 600  # a whole job, accuracy-aware search included, on 2 busy cores
 
 
@@ -41,38 +38,8 @@ def repo(digits_repo: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(digits_repo, tmp_path / "repo", symlinks=True))
 
 
-def _admin(server: ServerProcess) -> cpb_grpc.CompressionServiceStub:
-    return cpb_grpc.CompressionServiceStub(grpc.insecure_channel(server.url))
-
-
 def _finish(admin: cpb_grpc.CompressionServiceStub, job_id: str) -> cpb.Job:
     return list(admin.WatchJob(cpb.GetJobRequest(id=job_id), timeout=JOB_SECONDS))[-1]
-
-
-def _partials(repo: Path) -> list[Path]:
-    return sorted(repo.glob(".*.partial-*")) + sorted(repo.glob(f"{MODEL}/.*.partial-*"))
-
-
-def _heldout(repo: Path) -> tuple[np.ndarray, np.ndarray]:
-    feeds, labels = read_feeds(repo / MODEL / "heldout.npz", ["input"])
-    return feeds["input"][:64].astype(np.float32), labels[:64]
-
-
-def _infer(server: ServerProcess, x: np.ndarray, variant: str) -> np.ndarray:
-    tensor = triton.InferInput("input", list(x.shape), "FP32")
-    tensor.set_data_from_numpy(x)
-    return triton.InferenceServerClient(server.url).infer(MODEL, [tensor], model_version=variant).as_numpy("logits")
-
-
-def _serves_every_variant(server: ServerProcess, repo: Path, names: list[str]) -> None:
-    """Each variant is loaded and answers as its file does under ONNX Runtime."""
-    x, _ = _heldout(repo)
-    listed = {v.name: v for v in _admin(server).ListVariants(cpb.ListVariantsRequest(model=MODEL), timeout=30).variants}
-    manifest = json.loads((repo / MODEL / "manifest.json").read_text())
-    for name in names:
-        assert listed[name].loaded, name
-        expected = ort.InferenceSession(str(repo / MODEL / manifest["variants"][name]["file"])).run(None, {"input": x})[0]
-        np.testing.assert_allclose(_infer(server, x, name), expected, atol=1e-4, err_msg=name)
 
 
 def _dead_pid() -> int:
@@ -96,7 +63,7 @@ def _frozen_job(server: ServerProcess, repo: Path, name: str) -> tuple[str, psut
     """Start an int8_dynamic job and SIGSTOP its child once the job is RUNNING and the child has
     reported its first step (set up, quantizing), so the job stays mid-flight (staging folder on
     disk) for as long as the test needs, whatever the machine's speed."""
-    admin = _admin(server)
+    admin = admin_stub(server)
     for attempt in range(3):  # the child may finish before it is frozen: then try again
         job = admin.CreateVariant(cpb.CreateVariantRequest(
             model=MODEL, name=f"{name}{attempt}", recipe="int8_dynamic", parent="teacher"), timeout=10)
@@ -107,29 +74,13 @@ def _frozen_job(server: ServerProcess, repo: Path, name: str) -> tuple[str, psut
                 break
         if child is None:
             continue
-        if _stopped(child) and admin.GetJob(cpb.GetJobRequest(id=job.id), timeout=10).state == cpb.Job.RUNNING:
+        if sigstop(child) and admin.GetJob(cpb.GetJobRequest(id=job.id), timeout=10).state == cpb.Job.RUNNING:
             assert list((repo / MODEL).glob(f".{name}{attempt}.partial-{job.id}")), "job is running without its staging folder"
             return job.id, child
         with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signal.SIGCONT)
         _finish(admin, job.id)
     raise AssertionError("could not catch a job while it was running")
-
-
-def _stopped(process: psutil.Process) -> bool:
-    """SIGSTOP `process` and wait (bounded) until it is stopped; False when it exited first."""
-    try:
-        process.send_signal(signal.SIGSTOP)
-        for _ in range(500):  # the signal is delivered asynchronously
-            status = process.status()
-            if status == psutil.STATUS_STOPPED:
-                return True
-            if status == psutil.STATUS_ZOMBIE:
-                return False
-            time.sleep(0.01)
-    except psutil.NoSuchProcess:
-        pass
-    return False
 
 
 def _gone(process: psutil.Process, tries: int = 500) -> bool:
@@ -151,7 +102,7 @@ def test_every_recipe_from_teacher_distilled_and_shared_succeeds_and_serves(repo
     cases.append(("int8_dynamic", "shared"))
     server = start_server(repo)
     try:
-        admin = _admin(server)
+        admin = admin_stub(server)
         made = []
         for recipe, parent in cases:
             name = f"{parent}-{recipe}"
@@ -161,11 +112,11 @@ def test_every_recipe_from_teacher_distilled_and_shared_succeeds_and_serves(repo
             assert final.state == cpb.Job.SUCCEEDED, f"{recipe} from {parent}: {final.message}"
             assert final.result.quality["accuracy"] > 0.9, (recipe, parent, dict(final.result.quality))
             made.append(name)
-        x, labels = _heldout(repo)
+        x, labels = heldout(repo, 64)
         for name in made:  # the new variants answer, and answer well
-            assert (_infer(server, x, name).argmax(axis=1) == labels).mean() > 0.85, name
-        _serves_every_variant(server, repo, made)
-        assert not _partials(repo)
+            assert (infer(server, x, name).argmax(axis=1) == labels).mean() > 0.85, name
+        assert_serves(server, repo, made)
+        assert not partials(repo)
     finally:
         server.stop()
 
@@ -184,23 +135,23 @@ def test_server_killed_mid_job_restarts_serving_everything_and_sweeps_the_stagin
         server.stop()
         if child is not None and not _gone(child, tries=1):
             child.kill()
-    assert _partials(repo), "the killed server left no staging folder: the test proves nothing"
+    assert partials(repo), "the killed server left no staging folder: the test proves nothing"
 
     server = start_server(repo)
     try:
-        assert not _partials(repo)
+        assert not partials(repo)
         swept = [line for line in server.lines if "removed stale staging folder" in line]
         assert len(swept) == 1 and job_id in swept[0], swept
         manifest = json.loads((repo / MODEL / "manifest.json").read_text())
         assert sorted(manifest["variants"]) == before
         assert not list((repo / MODEL).glob("doomed*"))
-        _serves_every_variant(server, repo, before)
+        assert_serves(server, repo, before)
         # The repository takes new jobs again, under the killed job's name too.
-        admin = _admin(server)
+        admin = admin_stub(server)
         job = admin.CreateVariant(cpb.CreateVariantRequest(model=MODEL, name="doomed0", recipe="int8_dynamic"),
                                   timeout=10)
         assert _finish(admin, job.id).state == cpb.Job.SUCCEEDED
-        assert not _partials(repo)
+        assert not partials(repo)
     finally:
         server.stop()
 
@@ -211,11 +162,11 @@ def test_job_child_killed_fails_the_job_and_leaves_the_repository_as_it_was(repo
     try:
         job_id, child = _frozen_job(server, repo, "victim")
         child.kill()
-        final = _finish(_admin(server), job_id)
+        final = _finish(admin_stub(server), job_id)
         assert final.state == cpb.Job.FAILED and "-9" in final.message, final.message
         assert (repo / MODEL / "manifest.json").read_text() == manifest
-        assert not _partials(repo) and not list((repo / MODEL).glob("victim*"))
-        _serves_every_variant(server, repo, sorted(json.loads(manifest)["variants"]))
+        assert not partials(repo) and not list((repo / MODEL).glob("victim*"))
+        assert_serves(server, repo, sorted(json.loads(manifest)["variants"]))
     finally:
         server.stop()
 

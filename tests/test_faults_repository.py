@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from server_process import ServerProcess, start_server
 from tiny_repository import FEATURES, swap_variant, write_tiny_repository
 from tritonclient.utils import InferenceServerException
+from waits import wait_until
 
 from protos import compression_pb2 as cpb
 from protos import compression_pb2_grpc as cpb_grpc
@@ -78,15 +79,6 @@ def _code(call) -> str:
     return "OK"
 
 
-def _wait_until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _index(client: triton.InferenceServerClient) -> dict[tuple[str, str], dict]:
     return {(m["name"], m.get("version", "")): m for m in client.get_model_repository_index(as_json=True)["models"]}
 
@@ -133,13 +125,13 @@ def test_bad_manifests_neither_stop_the_server_nor_the_poll(tmp_path: Path) -> N
         # The rest appear while the poll runs; then a good model is added after them and must still load.
         for name, text in list(bad.items())[5:]:
             _write_bad(tmp_path, name, text)
-        _wait_until(lambda: all(_index(client).get((n, ""), {}).get("state") == "UNAVAILABLE" for n in list(bad)[5:]))
+        wait_until(lambda: all(_index(client).get((n, ""), {}).get("state") == "UNAVAILABLE" for n in list(bad)[5:]))
         write_tiny_repository(tmp_path, name="late")
-        _wait_until(lambda: client.is_model_ready("late"))
+        wait_until(lambda: client.is_model_ready("late"))
         assert client.is_server_ready()
         # A manifest that is fixed is picked up on the next poll.
         (tmp_path / "null" / "manifest.json").write_text((tmp_path / "late" / "manifest.json").read_text())
-        _wait_until(lambda: client.is_model_ready("null"))
+        wait_until(lambda: client.is_model_ready("null"))
         assert _infer(client, "null").as_numpy("logits").shape == (1, 3)
         # Each broken folder is reported once, not on every poll, and never with a traceback.
         output = "".join(server.lines)
@@ -267,11 +259,11 @@ def test_hot_reload_under_load_fails_no_request(tmp_path: Path) -> None:
         threads = [threading.Thread(target=caller) for _ in range(4)]
         for t in threads:
             t.start()
-        _wait_until(lambda: codes["OK"] >= 50)
+        wait_until(lambda: codes["OK"] >= 50)
         swap_variant(folder, other)
-        _wait_until(changed.is_set)
+        wait_until(changed.is_set)
         ok_at_swap = codes["OK"]
-        _wait_until(lambda: codes["OK"] >= ok_at_swap + 50)
+        wait_until(lambda: codes["OK"] >= ok_at_swap + 50)
         stop.set()
         for t in threads:
             t.join(30)

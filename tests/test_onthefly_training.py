@@ -14,14 +14,11 @@ import onnx
 import onnxruntime as ort
 import psutil
 import pytest
-import tritonclient.grpc as triton
+from digits_jobs import MODEL, admin_stub, assert_serves, heldout, infer, partials
 from server_process import ROOT, ServerProcess, start_server
 
-from modelrepo.arrays import read_feeds
 from protos import compression_pb2 as cpb
-from protos import compression_pb2_grpc as cpb_grpc
 
-MODEL = "digits"
 JOB_SECONDS = 600  # a whole job on 2 busy cores; the jobs here take seconds
 EPOCHS = "150"  # the build's own default: about 10 s on the calibration rows here
 
@@ -32,47 +29,13 @@ def repo(digits_repo: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(digits_repo, tmp_path / "repo", symlinks=True))
 
 
-def _admin(server: ServerProcess) -> cpb_grpc.CompressionServiceStub:
-    return cpb_grpc.CompressionServiceStub(grpc.insecure_channel(server.url))
-
-
 def _create(server: ServerProcess, name: str, recipe: str, **params: str) -> cpb.Job:
-    return _admin(server).CreateVariant(cpb.CreateVariantRequest(
+    return admin_stub(server).CreateVariant(cpb.CreateVariantRequest(
         model=MODEL, name=name, recipe=recipe, parent="teacher", params=params), timeout=10)
 
 
 def _finish(server: ServerProcess, job_id: str) -> list[cpb.Job]:
-    return list(_admin(server).WatchJob(cpb.GetJobRequest(id=job_id), timeout=JOB_SECONDS))
-
-
-def _heldout(repo: Path) -> tuple[np.ndarray, np.ndarray]:
-    feeds, labels = read_feeds(repo / MODEL / "heldout.npz", ["input"])
-    return feeds["input"].astype(np.float32), labels
-
-
-def _infer(server: ServerProcess, x: np.ndarray, variant: str) -> np.ndarray:
-    client = triton.InferenceServerClient(server.url)
-    parts = []
-    for start in range(0, len(x), 64):  # the server's default --max-batch-size
-        tensor = triton.InferInput("input", [len(x[start:start + 64]), x.shape[1]], "FP32")
-        tensor.set_data_from_numpy(x[start:start + 64])
-        parts.append(client.infer(MODEL, [tensor], model_version=variant).as_numpy("logits"))
-    return np.concatenate(parts)
-
-
-def _serves(server: ServerProcess, repo: Path, names: list[str]) -> None:
-    """Each variant is listed as loaded and answers as its file does under ONNX Runtime."""
-    x = _heldout(repo)[0][:64]
-    listed = {v.name: v for v in _admin(server).ListVariants(cpb.ListVariantsRequest(model=MODEL), timeout=30).variants}
-    manifest = json.loads((repo / MODEL / "manifest.json").read_text())
-    for name in names:
-        assert listed[name].loaded, name
-        expected = ort.InferenceSession(str(repo / MODEL / manifest["variants"][name]["file"])).run(None, {"input": x})[0]
-        np.testing.assert_allclose(_infer(server, x, name), expected, atol=1e-4, err_msg=name)
-
-
-def _partials(repo: Path) -> list[Path]:
-    return sorted(repo.glob(".*.partial-*")) + sorted((repo / MODEL).glob(".*.partial-*"))
+    return list(admin_stub(server).WatchJob(cpb.GetJobRequest(id=job_id), timeout=JOB_SECONDS))
 
 
 def _training_child(server: ServerProcess) -> psutil.Process:
@@ -93,10 +56,10 @@ def test_distilled_and_distilled_int8_jobs_complete_and_serve_without_restart(re
             # The epochs reported their validation agreement with the teacher; the job keeps the last one.
             assert 0.5 < final.quality["validation_agreement"] <= 1.0, dict(final.quality)
             assert final.result.quality["accuracy"] > 0.85, (recipe, dict(final.result.quality))
-        x, labels = _heldout(repo)
+        x, labels = heldout(repo)
         for name in made:  # served at once, by the server that made them, and well
-            assert (_infer(server, x, name).argmax(axis=1) == labels).mean() > 0.85, name
-        _serves(server, repo, list(made))
+            assert (infer(server, x, name).argmax(axis=1) == labels).mean() > 0.85, name
+        assert_serves(server, repo, list(made))
         manifest = json.loads((repo / MODEL / "manifest.json").read_text())
         student, chain = manifest["variants"]["kd"], manifest["variants"]["kd-int8"]
         assert student["kind"] == "distilled" and student["recipe"]["name"] == "distill"
@@ -106,7 +69,7 @@ def test_distilled_and_distilled_int8_jobs_complete_and_serve_without_restart(re
         ops = {n.op_type for n in onnx.load(str(repo / MODEL / chain["file"])).graph.node}
         assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops, ops
         assert sorted(p.name for p in (repo / MODEL / "kd-int8").iterdir()) == ["model.onnx"]  # no intermediates
-        assert not _partials(repo)
+        assert not partials(repo)
         # Bad recipes and parameters are refused before anything starts, naming the field.
         for recipe, params, field in (("int8_dynamic+distilled", {}, "recipe"), ("distill", {}, "recipe"),
                                       ("distilled", {"amount": "0.5"}, "params.amount"),
@@ -117,7 +80,7 @@ def test_distilled_and_distilled_int8_jobs_complete_and_serve_without_restart(re
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details(), err.value.details()
         # An int8 parent is refused up front (ONNX Runtime's quantizer would fail on it with a bare KeyError).
         with pytest.raises(grpc.RpcError) as err:
-            _admin(server).CreateVariant(cpb.CreateVariantRequest(model=MODEL, name="bad", recipe="int8_static",
+            admin_stub(server).CreateVariant(cpb.CreateVariantRequest(model=MODEL, name="bad", recipe="int8_static",
                                                                   parent="kd-int8"), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
         assert "'kd-int8' is already int8" in err.value.details(), err.value.details()
@@ -132,7 +95,7 @@ def test_killed_training_job_leaves_the_repository_loadable_and_unchanged(repo: 
     try:
         # Far more epochs than any machine runs before the kill below: the job is surely mid-training.
         job = _create(server, "doomed", "distilled", epochs="1000000")
-        stream = _admin(server).WatchJob(cpb.GetJobRequest(id=job.id), timeout=JOB_SECONDS)
+        stream = admin_stub(server).WatchJob(cpb.GetJobRequest(id=job.id), timeout=JOB_SECONDS)
         for update in stream:
             assert update.state in (cpb.Job.PENDING, cpb.Job.RUNNING), update.message
             if "epoch" in update.step:
@@ -143,13 +106,13 @@ def test_killed_training_job_leaves_the_repository_loadable_and_unchanged(repo: 
         final = _finish(server, job.id)[-1]
         assert final.state == cpb.Job.FAILED and "-9" in final.message, final.message
         assert (repo / MODEL / "manifest.json").read_text() == manifest
-        assert sorted(p.name for p in (repo / MODEL).iterdir()) == listing and not _partials(repo)
-        _serves(server, repo, sorted(json.loads(manifest)["variants"]))
+        assert sorted(p.name for p in (repo / MODEL).iterdir()) == listing and not partials(repo)
+        assert_serves(server, repo, sorted(json.loads(manifest)["variants"]))
     finally:
         server.stop()
     server = start_server(repo)  # and a fresh server loads it as it was
     try:
-        _serves(server, repo, sorted(json.loads(manifest)["variants"]))
+        assert_serves(server, repo, sorted(json.loads(manifest)["variants"]))
     finally:
         server.stop()
 
@@ -197,11 +160,11 @@ def test_server_without_the_compression_extra_refuses_training_recipes(repo: Pat
                 _create(server, "student", recipe)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, recipe
             assert "compression extra" in err.value.details() and ".[compression]" in err.value.details()
-        assert not _partials(repo) and not (repo / MODEL / "student").exists()
+        assert not partials(repo) and not (repo / MODEL / "student").exists()
         # The torch-free recipes still work there.
         final = _finish(server, _create(server, "int8-here", "int8_dynamic").id)[-1]
         assert final.state == cpb.Job.SUCCEEDED, final.message
-        _serves(server, repo, ["int8-here"])
+        assert_serves(server, repo, ["int8-here"])
     finally:
         server.stop()
 
@@ -209,7 +172,7 @@ def test_server_without_the_compression_extra_refuses_training_recipes(repo: Pat
 def test_training_child_reads_data_from_a_file(repo: Path, tmp_path: Path) -> None:
     """`--data FILE.npz` (what a server passes for CreateVariantRequest.data under --job-data-dir): the
     student trains on that file's splits and is measured on the model folder's held-out file."""
-    x, y = _heldout(repo)
+    x, y = heldout(repo)
     data = tmp_path / "mine.npz"
     np.savez(data, input=x, y=y)
     out = repo / MODEL / ".mine.partial-0123456789ab"

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
 from server_process import ROOT, start_server
 from tritonclient.utils import InferenceServerException
+from waits import wait_until
 
 from modelrepo import ManifestError
 from modelrepo.onnxinfo import onnx_parameters
@@ -185,15 +185,6 @@ def test_read_only_repository_is_served_with_the_manifest_in_memory(shared_tmp: 
     assert "manifest kept in memory" in "".join(server.lines)
 
 
-def _wait_until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _state(client: triton.InferenceServerClient, name: str) -> dict:
     models = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
     return models.get(name, {})
@@ -248,8 +239,8 @@ def test_bad_config_or_hostile_onnx_makes_only_that_model_unavailable_and_the_po
         (tmp_path / "wrongtype" / "config.pbtxt").write_text(CONFIG.replace("mlp", "wrongtype"))
         (tmp_path / "mlp" / "3").mkdir()
         onnx.save(mlp(8), str(tmp_path / "mlp" / "3" / "model.onnx"))
-        _wait_until(lambda: _state(client, "wrongtype").get("state") == "READY")
-        _wait_until(lambda: "3" in client.get_model_metadata("mlp", as_json=True)["versions"])
+        wait_until(lambda: _state(client, "wrongtype").get("state") == "READY")
+        wait_until(lambda: "3" in client.get_model_metadata("mlp", as_json=True)["versions"])
         np.testing.assert_allclose(infer(client, "wrongtype", x).as_numpy("logits"),
                                    in_process(tmp_path / "wrongtype" / "1" / "model.onnx", x), rtol=1e-6, atol=1e-6)
         result = infer(client, "mlp", x)
